@@ -1,0 +1,248 @@
+"""The `sessionkeeper` command line (also `python -m app`).
+
+Every command accepts --json and then prints exactly one JSON object on stdout; logs go to
+stderr. A mistake the user can fix ends with one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import asyncpg
+
+from app import __version__
+from app.errors import ConfigError, UserError
+from app.log import configure_logging, get_logger
+from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
+from app.settings import SESSION_ID_PATTERN, Settings, load_settings
+from app.store import repo
+from app.store.db import open_pool
+from app.vault.archive import export_generation, import_generation
+from app.vault.options import VaultOptions
+from app.vault.restore import restore_profile
+from app.vault.retention import prune
+from app.vault.save import save_snapshot
+
+Handler = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
+Printer = Callable[[dict[str, Any]], None]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, not usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def _session(value: str) -> str:
+    if not re.match(SESSION_ID_PATTERN, value):
+        raise argparse.ArgumentTypeError(
+            f"invalid session id {value!r}: use 1-128 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return number
+
+
+def _progress(args: argparse.Namespace) -> AbstractContextManager[ProgressSink]:
+    if wants_bar(args.json):
+        return BarProgress()
+    return nullcontext(NullProgress())
+
+
+async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Apply pending migrations (open_pool migrates)."""
+    async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+        rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+    return {"migrations": [f"{r['version']:04d}_{r['name']}" for r in rows]}
+
+
+async def cmd_sessions(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """List sessions."""
+    async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+        return {"sessions": await repo.list_sessions(conn)}
+
+
+async def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """List generations of a session."""
+    async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+        if not await repo.session_exists(conn, args.session):
+            raise UserError(f"no session {args.session!r} in the database")
+        gens = await repo.list_generations(conn, args.session)
+    return {"session_id": args.session, "generations": [g.as_json() for g in gens]}
+
+
+async def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Snapshot a profile directory."""
+    if not args.profile.is_dir():
+        raise UserError(f"profile directory {args.profile} does not exist")
+    async with open_pool(settings) as pool:
+        with _progress(args) as progress:
+            result = await save_snapshot(pool, args.session, args.profile,
+                                         VaultOptions.from_settings(settings),
+                                         kind="manual", progress=progress)
+    return result.as_json()
+
+
+async def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Restore a generation into a profile directory."""
+    async with open_pool(settings) as pool:
+        with _progress(args) as progress:
+            result = await restore_profile(pool, args.session, args.profile,
+                                           generation=args.generation, progress=progress)
+    return result.as_json()
+
+
+async def cmd_export(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Export a generation to a file."""
+    async with open_pool(settings) as pool:
+        with _progress(args) as progress:
+            return await export_generation(pool, args.session, args.file,
+                                           generation=args.generation, progress=progress)
+
+
+async def cmd_import(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Import an exported generation."""
+    async with open_pool(settings) as pool:
+        with _progress(args) as progress:
+            return await import_generation(pool, args.session, args.file, progress=progress)
+
+
+async def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Keep the newest N generations."""
+    async with open_pool(settings) as pool:
+        async with pool.acquire() as conn:
+            if not await repo.session_exists(conn, args.session):
+                raise UserError(f"no session {args.session!r} in the database")
+        return (await prune(pool, args.session, args.keep)).as_json()
+
+
+async def cmd_delete(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Delete a session and everything stored for it."""
+    async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+        if not await repo.delete_session(conn, args.session):
+            raise UserError(f"no session {args.session!r} in the database")
+    get_logger(session_id=args.session).info("session_deleted")
+    return {"session_id": args.session, "deleted": True}
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _print_human(command: str, out: dict[str, Any]) -> None:
+    if command == "sessions":
+        _print_table(out["sessions"], ["session_id", "generations", "latest_generation",
+                                       "latest_at", "bytes_stored"])
+    elif command == "snapshots":
+        _print_table(out["generations"], ["generation", "created_at", "kind", "login_state",
+                                          "files", "bytes_raw", "bytes_uploaded"])
+    else:
+        for key, value in out.items():
+            print(f"{key}: {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sessionkeeper {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.set_defaults(handler=handler)
+        return p
+
+    add("migrate", cmd_migrate, "apply database migrations")
+    add("sessions", cmd_sessions, "list sessions")
+    add("snapshots", cmd_snapshots, "list a session's generations").add_argument(
+        "session", type=_session)
+    p = add("snapshot", cmd_snapshot, "snapshot a profile directory into a session")
+    p.add_argument("session", type=_session)
+    p.add_argument("--profile", type=Path, required=True, help="Chromium user-data-dir")
+    p = add("restore", cmd_restore, "restore a session into a profile directory")
+    p.add_argument("session", type=_session)
+    p.add_argument("--profile", type=Path, required=True, help="Chromium user-data-dir")
+    p.add_argument("--generation", type=_positive, help="a named generation (default: newest)")
+    p = add("export", cmd_export, "write one generation to a portable file")
+    p.add_argument("session", type=_session)
+    p.add_argument("file", type=Path)
+    p.add_argument("--generation", type=_positive, help="default: newest")
+    p = add("import", cmd_import, "import a portable file as a session's newest generation")
+    p.add_argument("session", type=_session)
+    p.add_argument("file", type=Path)
+    p = add("prune", cmd_prune, "keep the newest N generations, collect unused chunks")
+    p.add_argument("session", type=_session)
+    p.add_argument("--keep", type=_positive, required=True)
+    add("delete", cmd_delete, "delete a session and all its data").add_argument(
+        "session", type=_session)
+    return parser
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run one command and exit with its status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        sys.exit(2)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.resolved_log_format(), stream=sys.stderr)
+        out = anyio.run(args.handler, args, settings)
+    except BaseException as raw:
+        exc = _unwrap(raw)
+        if isinstance(exc, SystemExit):
+            raise exc from None
+        if isinstance(exc, KeyboardInterrupt):
+            sys.stderr.write("sessionkeeper: interrupted\n")
+            sys.exit(130)
+        if isinstance(exc, UserError):
+            sys.stderr.write(f"sessionkeeper: error: {exc}\n")
+            sys.exit(exc.exit_code)
+        if isinstance(exc, asyncpg.PostgresError | OSError):
+            sys.stderr.write(f"sessionkeeper: error: {type(exc).__name__}: {exc}\n")
+            sys.exit(1)
+        sys.stderr.write(f"sessionkeeper: error: unexpected {type(exc).__name__}: {exc} "
+                         "(set SESSIONKEEPER_LOG_LEVEL=debug for the traceback)\n")
+        get_logger().debug("unexpected_error", traceback="".join(traceback.format_exception(exc)))
+        sys.exit(1)
+    if args.json:
+        print(json.dumps(out, default=str))
+    else:
+        _print_human(args.command, out)
+    sys.exit(0)
+
+
+__all__ = ["ConfigError", "build_parser", "main"]

@@ -1,0 +1,29 @@
+"""Errors a user can cause; the CLI turns them into one line and an exit code, never a traceback."""
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, bad setting, unreachable database)."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError):
+    """An invalid setting or command-line value."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(UserError):
+    """The database could not be reached."""
+
+
+class NotFound(UserError):
+    """A session or generation that does not exist."""
+
+
+class CorruptSnapshot(UserError):
+    """Stored data failed a check (digest, manifest, unsafe path)."""
+
+
+class CaptureInvalid(UserError):
+    """A staged copy of a live profile stayed inconsistent after every retry."""

@@ -1,0 +1,90 @@
+"""structlog set-up: one event per line, snake_case names with fields, secrets redacted.
+
+JSON when not on a TTY (Railway and Render collect lines), console rendering on a TTY.
+Any value that contains a registered secret (the database password, a key) is masked, and so is
+the password part of any URL in a field.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+_SECRETS: set[str] = set()
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_SECRET_KEYS = re.compile(r"(password|passwd|secret|token|key)$", re.IGNORECASE)
+MASK = "***"
+
+
+def register_secret(value: str | None) -> None:
+    """Never print this value (or any string containing it) in a log line."""
+    if value and len(value) >= 3:
+        _SECRETS.add(value)
+
+
+def redact(value: Any) -> Any:
+    """Mask registered secrets and URL passwords inside strings, lists and dicts."""
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}:{MASK}@", value)
+        for secret in _SECRETS:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: MASK if _is_secret_key(k) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, BaseException):
+        return redact(f"{type(value).__name__}: {value}")
+    return value
+
+
+def _is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(_SECRET_KEYS.search(key)) and key != "session_key"
+
+
+def _redact_processor(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        event_dict[key] = MASK if _is_secret_key(key) else redact(event_dict[key])
+    return event_dict
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: Literal["json", "console"] = "json",
+    stream: TextIO | None = None,
+) -> None:
+    """Set up structlog once per process; the stream is stdout for the daemon, stderr for CLI."""
+    out = stream if stream is not None else sys.stdout
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**fields: Any) -> Any:
+    """A bound structlog logger; pass session_id and similar context as fields."""
+    return structlog.get_logger().bind(**fields)

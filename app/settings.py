@@ -1,0 +1,174 @@
+"""Every knob is an environment variable, validated once at start.
+
+`DATABASE_URL` and `PORT` are unprefixed because Railway and Render inject them; everything else
+is `SESSIONKEEPER_*`. `describe_settings()` feeds the README table and the error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.errors import ConfigError
+
+ENV_PREFIX = "SESSIONKEEPER_"
+SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+# What each setting accepts, in words; used for the one-line error and the README table.
+ACCEPTS: dict[str, str] = {
+    "database_url": "a postgres:// or postgresql:// URL",
+    "port": "an integer from 1 to 65535",
+    "session_id": "1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric",
+    "profile_dir": "a directory path",
+    "keep_generations": "an integer >= 1",
+    "log_format": "'json' or 'console'",
+    "log_level": "'debug', 'info', 'warning' or 'error'",
+    "zstd_level": "an integer from 1 to 19",
+    "keep_cache_storage": "true or false",
+    "include": "comma-separated glob patterns relative to the profile directory",
+    "exclude": "comma-separated glob patterns relative to the profile directory",
+    "capture_attempts": "an integer from 1 to 20",
+    "data_dir": "a directory path",
+    "db_connect_timeout": "a number of seconds > 0",
+}
+
+
+def _split_globs(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Validated configuration of one sessionkeeper process."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL"),
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL in the data directory "
+        "(local use only).",
+    )
+    port: int = Field(
+        default=8080, ge=1, le=65535, validation_alias=AliasChoices("PORT"),
+        description="HTTP port (health, status).",
+    )
+    session_id: str = Field(
+        default="default", pattern=SESSION_ID_PATTERN,
+        description="The session this process keeps.",
+    )
+    profile_dir: Path = Field(
+        default=Path(".sessionkeeper/profile"),
+        description="Chromium user-data-dir that is restored into and snapshotted.",
+    )
+    keep_generations: int = Field(default=5, ge=1, description="Generations kept per session.")
+    log_format: Literal["json", "console"] | None = Field(
+        default=None, description="Log format; default json unless stdout is a TTY.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged.",
+    )
+    zstd_level: int = Field(default=3, ge=1, le=19, description="zstd level for chunks.")
+    keep_cache_storage: bool = Field(
+        default=False, description="Also keep the service worker's CacheStorage.",
+    )
+    include: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra globs to keep (e.g. `Default/Extension State/**`).",
+    )
+    exclude: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra globs to drop; win over every include.",
+    )
+    capture_attempts: int = Field(
+        default=5, ge=1, le=20,
+        description="Staged copies tried before a live capture is given up as inconsistent.",
+    )
+    data_dir: Path = Field(
+        default=Path(".sessionkeeper"),
+        description="Local state: the embedded PostgreSQL, stat cache, staging.",
+    )
+    db_connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for the database at connect.",
+    )
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _globs(cls, value: Any) -> Any:
+        return _split_globs(value)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("postgres://", "postgresql://")):
+            raise ValueError("not a postgres URL")
+        return value
+
+    def resolved_log_format(self) -> Literal["json", "console"]:
+        """The configured format, else console on a TTY and json otherwise."""
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if sys.stdout.isatty() else "json"
+
+    @property
+    def embedded_pg_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its cluster."""
+        return self.data_dir / "pgdata"
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        if isinstance(first, str):
+            return first
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment; an invalid value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if field not in Settings.model_fields:
+            # The error is reported under the alias for unprefixed variables.
+            field = next(
+                (name for name in Settings.model_fields if env_name(name) == field.upper()),
+                field,
+            )
+        name = env_name(field) if field in Settings.model_fields else field
+        raw = os.environ.get(name, overrides.get(field))
+        accepts = ACCEPTS.get(field, err["msg"])
+        shown = "" if field == "database_url" else f"={raw!r}"
+        raise ConfigError(f"invalid {name}{shown}: accepts {accepts}") from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for the README."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) or "(none)"
+        elif default is None:
+            default = "(unset)"
+        rows.append((env_name(name), str(default), info.description or ""))
+    return rows

@@ -1,0 +1,158 @@
+"""The manifest: every kept file's path, mode, size, mtime and chunk digests.
+
+Serialised as zstd-compressed JSON. Parsing checks every path (no escape from the target) and
+that each file's chunk list fits its size, so a hostile or damaged manifest fails here, before
+anything is written to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from app.errors import CorruptSnapshot
+from app.snapshot.codec import CHUNK_SIZE
+from app.snapshot.safepath import UnsafePath, check_relative_path
+
+FORMAT_VERSION = 1
+DIGEST_BYTES = 32
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One regular file of a snapshot."""
+
+    path: str
+    mode: int
+    size: int
+    mtime_ns: int
+    chunks: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory of a snapshot (kept so empty directories come back too)."""
+
+    path: str
+    mode: int
+
+
+@dataclass(slots=True)
+class Manifest:
+    """Everything needed to rebuild a profile from content-addressed chunks."""
+
+    files: list[FileEntry] = field(default_factory=list)
+    dirs: list[DirEntry] = field(default_factory=list)
+
+    @property
+    def bytes_raw(self) -> int:
+        """Total size of the files."""
+        return sum(f.size for f in self.files)
+
+    def digests(self) -> set[bytes]:
+        """Every distinct chunk digest the manifest references."""
+        return {d for f in self.files for d in f.chunks}
+
+    def content_digest(self) -> bytes:
+        """Identity of the content (paths, modes, sizes, chunks; not mtimes).
+
+        Two captures with the same content digest are the same profile, so the second one
+        creates no generation.
+        """
+        h = hashlib.sha256()
+        for d in sorted(self.dirs, key=lambda e: e.path):
+            h.update(f"d\0{d.path}\0{d.mode}\n".encode())
+        for f in sorted(self.files, key=lambda e: e.path):
+            h.update(f"f\0{f.path}\0{f.mode}\0{f.size}\0".encode())
+            h.update(b"".join(f.chunks))
+            h.update(b"\n")
+        return h.digest()
+
+    def to_bytes(self, level: int = 3) -> bytes:
+        """Compressed serialised form."""
+        doc = {
+            "version": FORMAT_VERSION,
+            "chunk_size": CHUNK_SIZE,
+            "dirs": [[d.path, d.mode] for d in sorted(self.dirs, key=lambda e: e.path)],
+            "files": [
+                [f.path, f.mode, f.size, f.mtime_ns, b"".join(f.chunks).hex()]
+                for f in sorted(self.files, key=lambda e: e.path)
+            ],
+        }
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        packed: bytes = zstandard.ZstdCompressor(level=level).compress(raw)
+        return packed
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse and check a serialised manifest; CorruptSnapshot on anything unexpected."""
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(
+                data, max_output_size=MAX_MANIFEST_BYTES
+            )
+            doc = json.loads(raw)
+        except (zstandard.ZstdError, ValueError) as exc:
+            raise CorruptSnapshot(f"manifest unreadable: {exc}") from None
+        try:
+            return cls._from_doc(doc)
+        except UnsafePath as exc:
+            raise CorruptSnapshot(f"manifest has an unsafe path: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptSnapshot(f"manifest malformed: {exc}") from None
+
+    @classmethod
+    def _from_doc(cls, doc: Any) -> Manifest:
+        if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+            raise ValueError("unknown manifest version")
+        if doc.get("chunk_size") != CHUNK_SIZE:
+            raise ValueError("unknown chunk size")
+        seen: set[str] = set()
+        dirs = []
+        for path, mode in doc["dirs"]:
+            dirs.append(DirEntry(_unique(check_relative_path(path), seen), _mode(mode)))
+        files = []
+        for path, mode, size, mtime_ns, hexed in doc["files"]:
+            if not isinstance(size, int) or size < 0 or not isinstance(mtime_ns, int):
+                raise ValueError(f"bad size or mtime for {path!r}")
+            packed = bytes.fromhex(hexed)
+            if len(packed) % DIGEST_BYTES:
+                raise ValueError(f"bad chunk list for {path!r}")
+            chunks = tuple(
+                packed[i : i + DIGEST_BYTES] for i in range(0, len(packed), DIGEST_BYTES)
+            )
+            if len(chunks) != -(-size // CHUNK_SIZE):
+                raise ValueError(f"chunk count does not match size for {path!r}")
+            files.append(
+                FileEntry(_unique(check_relative_path(path), seen), _mode(mode), size,
+                          mtime_ns, chunks)
+            )
+        _check_parents(dirs, files)
+        return cls(files=files, dirs=dirs)
+
+
+def _unique(path: str, seen: set[str]) -> str:
+    if path in seen:
+        raise ValueError(f"duplicate path {path!r}")
+    seen.add(path)
+    return path
+
+
+def _mode(mode: Any) -> int:
+    if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        raise ValueError(f"bad mode {mode!r}")
+    return mode
+
+
+def _check_parents(dirs: list[DirEntry], files: list[FileEntry]) -> None:
+    """A file may not stand where another entry needs a directory."""
+    file_paths = {f.path for f in files}
+    for path in [*(d.path for d in dirs), *file_paths]:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in file_paths:
+                raise ValueError(f"{path!r} lies under a file")

@@ -1,0 +1,1 @@
+"""PostgreSQL access: connection, migrations, repositories."""

@@ -1,0 +1,99 @@
+"""Connecting to PostgreSQL: DATABASE_URL, or an embedded server for local use."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import asyncpg
+
+from app.errors import ConfigError, DatabaseUnavailable
+from app.log import get_logger, register_secret
+from app.settings import Settings
+
+
+def describe_url(url: str) -> str:
+    """host:port/database of a URL, without user or password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or "local socket"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or '/'}"
+
+
+def _start_embedded(data_dir: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # noqa: PLC0415  (heavy import, only when embedded)
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(  # type: ignore[attr-defined]
+            str(data_dir.absolute()), cleanup_mode="stop")
+    uri: str = server.get_uri()
+    return uri
+
+
+async def database_url(settings: Settings) -> str:
+    """The configured URL, or the URL of an embedded server started on demand."""
+    if settings.database_url is not None:
+        url = settings.database_url.get_secret_value()
+        password = urlsplit(url).password
+        register_secret(password)
+        return url
+    data_dir = settings.embedded_pg_dir
+    get_logger().warning("embedded_database", data_dir=str(data_dir),
+                         note="DATABASE_URL is not set; this embedded PostgreSQL is for "
+                         "local use only")
+    try:
+        return await anyio.to_thread.run_sync(_start_embedded, data_dir)
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {data_dir}: {exc}; set DATABASE_URL"
+        ) from None
+
+
+async def connect(url: str, connect_timeout: float = 10.0) -> asyncpg.Connection:
+    """One connection, with errors turned into one clear line."""
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(url, timeout=connect_timeout)
+        return conn
+    except (asyncpg.InterfaceError, ValueError) as exc:
+        raise ConfigError(f"invalid DATABASE_URL: {exc}") from None
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach the database at {describe_url(url)}: {exc or type(exc).__name__}; "
+            "check DATABASE_URL and that the server is up"
+        ) from None
+
+
+@asynccontextmanager
+async def open_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 4, migrate: bool = True,
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the configured (or embedded) database, migrated unless told otherwise."""
+    url = await database_url(settings)
+    # Fail fast with a clear line when the database is not there.
+    conn = await connect(url, settings.db_connect_timeout)
+    try:
+        if migrate:
+            from app.store.migrate import migrate as run_migrations  # noqa: PLC0415
+
+            await run_migrations(conn)
+    finally:
+        await conn.close()
+    pool_kwargs: dict[str, Any] = {"min_size": min_size, "max_size": max_size,
+                                   "timeout": settings.db_connect_timeout}
+    try:
+        pool = await asyncpg.create_pool(url, **pool_kwargs)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach the database at {describe_url(url)}: {exc}"
+        ) from None
+    try:
+        yield pool
+    finally:
+        await pool.close()

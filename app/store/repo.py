@@ -1,0 +1,269 @@
+"""SQL for sessions, snapshot generations and chunks. Every query of the vault lives here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from app.store.locks import CHUNK_LOCK_CLASS
+
+# A plain connection or one borrowed from a pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """A chunk row as stored."""
+
+    digest: bytes
+    size: int
+    codec: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationInfo:
+    """One committed generation, without its manifest."""
+
+    session_id: str
+    generation: int
+    created_at: datetime
+    kind: str
+    login_state: str | None
+    content_digest: bytes
+    files: int
+    bytes_raw: int
+    bytes_stored: int
+    bytes_uploaded: int
+    chunks_total: int
+    chunks_new: int
+    chunks_reused: int
+    duration_ms: int
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain fields for --json output."""
+        return {
+            "session_id": self.session_id, "generation": self.generation,
+            "created_at": self.created_at.isoformat(), "kind": self.kind,
+            "login_state": self.login_state, "files": self.files,
+            "bytes_raw": self.bytes_raw, "bytes_stored": self.bytes_stored,
+            "bytes_uploaded": self.bytes_uploaded, "chunks_total": self.chunks_total,
+            "chunks_new": self.chunks_new, "chunks_reused": self.chunks_reused,
+            "duration_ms": self.duration_ms,
+        }
+
+
+_GEN_COLUMNS = (
+    "session_id, generation, created_at, kind, login_state, content_digest, files, bytes_raw, "
+    "bytes_stored, bytes_uploaded, chunks_total, chunks_new, chunks_reused, duration_ms"
+)
+
+
+def _gen(row: asyncpg.Record) -> GenerationInfo:
+    return GenerationInfo(**dict(row))
+
+
+@asynccontextmanager
+async def chunk_lock_shared(conn: Conn, session_id: str) -> AsyncIterator[None]:
+    """Hold off garbage collection of the session's chunks while uploading or restoring."""
+    await conn.execute("SELECT pg_advisory_lock_shared($1, hashtext($2))",
+                       CHUNK_LOCK_CLASS, session_id)
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock_shared($1, hashtext($2))",
+                           CHUNK_LOCK_CLASS, session_id)
+
+
+async def try_chunk_lock_exclusive(conn: Conn, session_id: str) -> bool:
+    """Take the session's chunk lock for garbage collection, without waiting (xact-scoped)."""
+    got: bool = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                                    CHUNK_LOCK_CLASS, session_id)
+    return got
+
+
+async def ensure_session(conn: Conn, session_id: str) -> None:
+    """Create the session row if it is new."""
+    await conn.execute("INSERT INTO sessions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+                       session_id)
+
+
+async def session_exists(conn: Conn, session_id: str) -> bool:
+    """True if the session is registered."""
+    found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
+                                      session_id)
+    return found
+
+
+async def list_sessions(conn: Conn) -> list[dict[str, Any]]:
+    """Every session with its generation count, newest generation and stored bytes."""
+    rows = await conn.fetch(
+        """SELECT s.id, s.created_at, s.updated_at,
+                  count(g.generation) AS generations, max(g.generation) AS latest_generation,
+                  max(g.created_at) AS latest_at,
+                  (SELECT coalesce(sum(stored_size), 0) FROM chunks c
+                    WHERE c.session_id = s.id) AS bytes_stored
+             FROM sessions s LEFT JOIN snapshots g ON g.session_id = s.id
+            GROUP BY s.id ORDER BY s.id"""
+    )
+    return [
+        {
+            "session_id": r["id"], "generations": r["generations"],
+            "latest_generation": r["latest_generation"],
+            "latest_at": r["latest_at"].isoformat() if r["latest_at"] else None,
+            "bytes_stored": int(r["bytes_stored"]),
+            "created_at": r["created_at"].isoformat(),
+        }
+        for r in rows
+    ]
+
+
+async def list_generations(conn: Conn, session_id: str) -> list[GenerationInfo]:
+    """Committed generations of a session, newest first."""
+    rows = await conn.fetch(
+        f"SELECT {_GEN_COLUMNS} FROM snapshots WHERE session_id = $1 ORDER BY generation DESC",
+        session_id,
+    )
+    return [_gen(r) for r in rows]
+
+
+async def latest_generation(conn: Conn, session_id: str) -> GenerationInfo | None:
+    """The newest committed generation, if any."""
+    row = await conn.fetchrow(
+        f"SELECT {_GEN_COLUMNS} FROM snapshots WHERE session_id = $1 "
+        "ORDER BY generation DESC LIMIT 1",
+        session_id,
+    )
+    return _gen(row) if row else None
+
+
+async def fetch_manifest(
+    conn: Conn, session_id: str, generation: int
+) -> tuple[bytes, bytes] | None:
+    """(manifest bytes, their stored SHA-256) of one generation."""
+    row = await conn.fetchrow(
+        "SELECT manifest, manifest_sha256 FROM snapshots WHERE session_id = $1 AND generation = $2",
+        session_id, generation,
+    )
+    return (bytes(row["manifest"]), bytes(row["manifest_sha256"])) if row else None
+
+
+async def existing_digests(
+    conn: Conn, session_id: str, digests: Sequence[bytes]
+) -> set[bytes]:
+    """The subset of digests already stored for the session."""
+    if not digests:
+        return set()
+    rows = await conn.fetch(
+        "SELECT digest FROM chunks WHERE session_id = $1 AND digest = ANY($2::bytea[])",
+        session_id, list(digests),
+    )
+    return {bytes(r["digest"]) for r in rows}
+
+
+async def insert_chunks(
+    conn: Conn, session_id: str, chunks: Iterable[tuple[bytes, int, str, bytes]]
+) -> None:
+    """Store (digest, raw size, codec, data) rows; a chunk stored meanwhile is left alone."""
+    await conn.executemany(
+        """INSERT INTO chunks (session_id, digest, size, stored_size, codec, data)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id, digest) DO NOTHING""",
+        [(session_id, d, size, len(data), codec, data) for d, size, codec, data in chunks],
+    )
+
+
+async def fetch_chunks(
+    conn: Conn, session_id: str, digests: Sequence[bytes]
+) -> dict[bytes, StoredChunk]:
+    """Stored chunks by digest (missing ones are simply absent)."""
+    rows = await conn.fetch(
+        "SELECT digest, size, codec, data FROM chunks "
+        "WHERE session_id = $1 AND digest = ANY($2::bytea[])",
+        session_id, list(set(digests)),
+    )
+    return {
+        bytes(r["digest"]): StoredChunk(bytes(r["digest"]), r["size"], r["codec"], r["data"])
+        for r in rows
+    }
+
+
+async def count_present(
+    conn: Conn, session_id: str, digests: Sequence[bytes]
+) -> int:
+    """How many of the (distinct) digests are stored."""
+    n: int = await conn.fetchval(
+        "SELECT count(*) FROM chunks WHERE session_id = $1 AND digest = ANY($2::bytea[])",
+        session_id, list(digests),
+    )
+    return n
+
+
+async def stored_size(conn: Conn, session_id: str, digests: Sequence[bytes]) -> int:
+    """Sum of stored sizes of the given chunks."""
+    n: int = await conn.fetchval(
+        "SELECT coalesce(sum(stored_size), 0) FROM chunks "
+        "WHERE session_id = $1 AND digest = ANY($2::bytea[])",
+        session_id, list(digests),
+    )
+    return int(n)
+
+
+async def commit_generation(conn: Conn, values: dict[str, Any]) -> tuple[int, Any]:
+    """Insert a generation row with the next number; must run inside a transaction."""
+    generation: int = await conn.fetchval(
+        "UPDATE sessions SET next_generation = next_generation + 1, updated_at = now() "
+        "WHERE id = $1 RETURNING next_generation - 1",
+        values["session_id"],
+    )
+    values = {**values, "generation": generation}
+    cols = ", ".join(values)
+    params = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+    created_at = await conn.fetchval(
+        f"INSERT INTO snapshots ({cols}) VALUES ({params}) RETURNING created_at",
+        *values.values(),
+    )
+    return generation, created_at
+
+
+async def delete_generations(
+    conn: Conn, session_id: str, generations: Sequence[int]
+) -> int:
+    """Delete the given generations; returns how many went."""
+    result: str = await conn.execute(
+        "DELETE FROM snapshots WHERE session_id = $1 AND generation = ANY($2::bigint[])",
+        session_id, list(generations),
+    )
+    return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def all_manifests(conn: Conn, session_id: str) -> list[bytes]:
+    """Manifests of every committed generation of a session."""
+    rows = await conn.fetch("SELECT manifest FROM snapshots WHERE session_id = $1", session_id)
+    return [bytes(r["manifest"]) for r in rows]
+
+
+async def stored_digests(conn: Conn, session_id: str) -> list[bytes]:
+    """Every chunk digest stored for a session."""
+    rows = await conn.fetch("SELECT digest FROM chunks WHERE session_id = $1", session_id)
+    return [bytes(r["digest"]) for r in rows]
+
+
+async def delete_chunks(conn: Conn, session_id: str, digests: Sequence[bytes]) -> int:
+    """Delete chunks by digest; returns how many went."""
+    result: str = await conn.execute(
+        "DELETE FROM chunks WHERE session_id = $1 AND digest = ANY($2::bytea[])",
+        session_id, list(digests),
+    )
+    return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def delete_session(conn: Conn, session_id: str) -> bool:
+    """Delete a session with all its generations and chunks."""
+    result: str = await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
+    return result != "DELETE 0"

@@ -1,0 +1,1 @@
+"""The vault: profile snapshots in PostgreSQL (save, restore, retention, export/import)."""

@@ -1,0 +1,239 @@
+"""Export a generation to one portable file, and import it back (into any session).
+
+The file is a tar archive: `sessionkeeper-export.json` (what it holds), `manifest.zst`, then one
+member per chunk, `chunks/<sha256 hex>.<codec>`, with the data as stored. Import streams it,
+checks every chunk against its digest and the manifest against its checksum, and commits the
+generation only once everything is in: a damaged file changes nothing that was stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import asyncpg
+
+from app.errors import CorruptSnapshot, NotFound, UserError
+from app.log import get_logger
+from app.progress import NullProgress, ProgressSink
+from app.snapshot.codec import CHUNK_SIZE, CODECS, Decoder
+from app.snapshot.manifest import Manifest
+from app.store import repo
+from app.vault.commit import commit_manifest
+from app.vault.options import BATCH_CHUNKS
+from app.vault.restore import load_manifest
+
+EXPORT_FORMAT = "sessionkeeper-export"
+EXPORT_VERSION = 1
+HEADER_NAME = "sessionkeeper-export.json"
+MANIFEST_NAME = "manifest.zst"
+_CHUNK_NAME = re.compile(r"^chunks/([0-9a-f]{64})\.([a-z0-9+-]+)$")
+_MAX_MEMBER = 4 * CHUNK_SIZE
+_MAX_META = 256 * 1024 * 1024
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    info.mode = 0o600
+    tar.addfile(info, io.BytesIO(data))
+
+
+async def export_generation(
+    pool: asyncpg.Pool, session_id: str, file: Path, *, generation: int | None = None,
+    progress: ProgressSink | None = None,
+) -> dict[str, Any]:
+    """Write one generation of a session to file (atomically: a temp file, then a rename)."""
+    progress = progress or NullProgress()
+    file = file.absolute()
+    tmp = file.parent / f".{file.name}.tmp-{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as conn, repo.chunk_lock_shared(conn, session_id):
+        generations = await repo.list_generations(conn, session_id)
+        if not generations:
+            raise NotFound(f"session {session_id!r} has no snapshot to export")
+        info = generations[0] if generation is None else next(
+            (g for g in generations if g.generation == generation), None)
+        if info is None:
+            raise NotFound(f"session {session_id!r} has no generation {generation}")
+        manifest = await load_manifest(conn, session_id, info.generation)
+        found = await repo.fetch_manifest(conn, session_id, info.generation)
+        assert found is not None
+        packed, checksum = found
+        header = {
+            "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "session_id": session_id,
+            "generation": info.generation, "created_at": info.created_at.isoformat(),
+            "kind": info.kind, "login_state": info.login_state,
+            "manifest_sha256": checksum.hex(), "chunks": len(manifest.digests()),
+        }
+        digests = list(dict.fromkeys(d for f in manifest.files for d in f.chunks))
+        try:
+            tar = await anyio.to_thread.run_sync(
+                lambda: tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT))
+        except OSError as exc:
+            raise UserError(f"cannot write {file}: {exc.strerror}") from None
+        try:
+            _add(tar, HEADER_NAME, json.dumps(header, indent=1).encode())
+            _add(tar, MANIFEST_NAME, packed)
+            progress.start("export", len(digests))
+            written = 0
+            for start in range(0, len(digests), BATCH_CHUNKS):
+                window = digests[start : start + BATCH_CHUNKS]
+                stored = await repo.fetch_chunks(conn, session_id, window)
+                missing = [d for d in window if d not in stored]
+                if missing:
+                    raise CorruptSnapshot(f"chunk {missing[0].hex()[:12]} is missing")
+
+                def write(window: list[bytes] = window,
+                          stored: dict[bytes, repo.StoredChunk] = stored) -> int:
+                    total = 0
+                    for d in window:
+                        chunk = stored[d]
+                        _add(tar, f"chunks/{d.hex()}.{chunk.codec}", chunk.data)
+                        total += len(chunk.data)
+                    return total
+
+                written += await anyio.to_thread.run_sync(write)
+                progress.advance(len(window))
+            await anyio.to_thread.run_sync(tar.close)
+            os.replace(tmp, file)
+        except BaseException:
+            tar.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    get_logger(session_id=session_id).info(
+        "snapshot_exported", generation=info.generation, file=str(file),
+        chunks=len(digests), bytes=written)
+    return {"session_id": session_id, "generation": info.generation, "file": str(file),
+            "chunks": len(digests), "bytes": written + len(packed)}
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+    if not member.isfile():
+        raise CorruptSnapshot(f"unexpected entry {member.name!r}")
+    if member.size > limit:
+        raise CorruptSnapshot(f"entry {member.name!r} is too large")
+    fh: IO[bytes] | None = tar.extractfile(member)
+    if fh is None:
+        raise CorruptSnapshot(f"unreadable entry {member.name!r}")
+    data = fh.read()
+    if len(data) != member.size:
+        raise CorruptSnapshot(f"entry {member.name!r} is truncated")
+    return data
+
+
+class _Reader:
+    """Sequential reader of an export file (tar in stream mode: memory stays flat)."""
+
+    def __init__(self, file: Path) -> None:
+        self.tar = tarfile.open(file, "r|")
+        self.done = False
+
+    def next(self, limit: int) -> tuple[str, bytes] | None:
+        # In stream mode, asking again after the end would seek backwards.
+        member = None if self.done else self.tar.next()
+        if member is None:
+            self.done = True
+            return None
+        return member.name, _read_member(self.tar, member, limit)
+
+    def chunks(self, count: int) -> list[tuple[bytes, str, bytes]]:
+        out: list[tuple[bytes, str, bytes]] = []
+        while len(out) < count:
+            item = self.next(_MAX_MEMBER)
+            if item is None:
+                break
+            match = _CHUNK_NAME.match(item[0])
+            if not match or match[2] not in CODECS:
+                raise CorruptSnapshot(f"unexpected entry {item[0]!r}")
+            out.append((bytes.fromhex(match[1]), match[2], item[1]))
+        return out
+
+
+def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
+    try:
+        reader = _Reader(file)
+        first = reader.next(_MAX_META)
+        header = json.loads(first[1]) if first and first[0] == HEADER_NAME else None
+        if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+            raise CorruptSnapshot("it does not start with a sessionkeeper export header")
+        if header.get("version") != EXPORT_VERSION:
+            raise CorruptSnapshot(f"export version {header.get('version')} is not supported")
+        second = reader.next(_MAX_META)
+        if not second or second[0] != MANIFEST_NAME:
+            raise CorruptSnapshot("the manifest is missing")
+        if hashlib.sha256(second[1]).hexdigest() != header.get("manifest_sha256"):
+            raise CorruptSnapshot("manifest checksum mismatch")
+        return reader, header, second[1]
+    except (tarfile.TarError, EOFError, ValueError, OSError) as exc:
+        raise CorruptSnapshot(f"not a readable sessionkeeper export ({exc})") from None
+
+
+async def import_generation(
+    pool: asyncpg.Pool, session_id: str, file: Path, *, progress: ProgressSink | None = None,
+) -> dict[str, Any]:
+    """Import an exported generation as the newest generation of session_id."""
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    if not file.is_file():
+        raise UserError(f"{file} is not a file")
+    try:
+        reader, header, packed = await anyio.to_thread.run_sync(_open_reader, file)
+    except CorruptSnapshot as exc:
+        raise CorruptSnapshot(f"{file}: {exc}") from None
+    manifest = Manifest.from_bytes(packed)
+    sizes: dict[bytes, int] = {}
+    for f in manifest.files:
+        for n, d in enumerate(f.chunks):
+            sizes[d] = min(f.size - n * CHUNK_SIZE, CHUNK_SIZE)
+    decoder = Decoder()
+    chunks_new = uploaded = 0
+    login_state = header.get("login_state") if header.get("login_state") in ("ready", "qr") \
+        else None
+    progress.start("import", len(sizes))
+    try:
+        async with pool.acquire() as conn:
+            await repo.ensure_session(conn, session_id)
+            async with repo.chunk_lock_shared(conn, session_id):
+                while batch := await anyio.to_thread.run_sync(reader.chunks, BATCH_CHUNKS):
+                    for d, codec, data in batch:
+                        if d not in sizes:
+                            raise CorruptSnapshot(f"chunk {d.hex()[:12]} is not in the manifest")
+                        decoder.decode(codec, data, sizes[d], d)
+                    present = await repo.existing_digests(conn, session_id, [b[0] for b in batch])
+                    rows = [(d, sizes[d], codec, data) for d, codec, data in batch
+                            if d not in present]
+                    await repo.insert_chunks(conn, session_id, rows)
+                    chunks_new += len(rows)
+                    uploaded += sum(len(r[3]) for r in rows)
+                    progress.advance(len(batch))
+                latest = await repo.latest_generation(conn, session_id)
+                if latest is not None and latest.content_digest == manifest.content_digest():
+                    generation, changed = latest.generation, False
+                else:
+                    generation, uploaded = await commit_manifest(
+                        conn, session_id, manifest, level=3, kind="import",
+                        login_state=login_state, chunks_new=chunks_new,
+                        bytes_uploaded=uploaded, started=started)
+                    changed = True
+    except (tarfile.TarError, EOFError) as exc:
+        raise CorruptSnapshot(f"{file}: damaged export ({exc}); nothing committed") from exc
+    except CorruptSnapshot as exc:
+        raise CorruptSnapshot(f"{file}: {exc}; nothing committed") from None
+    result = {"session_id": session_id, "generation": generation, "changed": changed,
+              "source_session": header.get("session_id"),
+              "source_generation": header.get("generation"), "files": len(manifest.files),
+              "bytes_raw": manifest.bytes_raw, "chunks_new": chunks_new,
+              "bytes_uploaded": uploaded,
+              "duration_ms": int((time.monotonic() - started) * 1000)}
+    get_logger(session_id=session_id).info("snapshot_imported", **result)
+    return result

@@ -1,0 +1,43 @@
+"""Committing a generation: the one write that makes a snapshot visible."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from app.errors import CorruptSnapshot
+from app.snapshot.manifest import FORMAT_VERSION, Manifest
+from app.store import repo
+from app.store.repo import Conn
+
+
+async def commit_manifest(
+    conn: Conn, session_id: str, manifest: Manifest, *, level: int, kind: str,
+    login_state: str | None, chunks_new: int, bytes_uploaded: int, started: float,
+) -> tuple[int, int]:
+    """Check every chunk is stored, then insert the generation; returns (generation, bytes).
+
+    The caller holds the session's chunk lock shared, so nothing it counted on can vanish;
+    the count is a last check that the generation never names a missing chunk.
+    """
+    packed = manifest.to_bytes(level)
+    distinct = list(manifest.digests())
+    uploaded = bytes_uploaded + len(packed)
+    async with conn.transaction():
+        present = await repo.count_present(conn, session_id, distinct)
+        if present != len(distinct):
+            raise CorruptSnapshot(
+                f"{len(distinct) - present} chunks are missing; nothing committed"
+            )
+        generation, _ = await repo.commit_generation(conn, {
+            "session_id": session_id, "kind": kind, "login_state": login_state,
+            "format_version": FORMAT_VERSION, "manifest": packed,
+            "manifest_sha256": hashlib.sha256(packed).digest(),
+            "content_digest": manifest.content_digest(), "files": len(manifest.files),
+            "bytes_raw": manifest.bytes_raw,
+            "bytes_stored": await repo.stored_size(conn, session_id, distinct),
+            "bytes_uploaded": uploaded, "chunks_total": len(distinct),
+            "chunks_new": chunks_new, "chunks_reused": len(distinct) - chunks_new,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        })
+    return generation, uploaded

@@ -1,0 +1,31 @@
+"""The vault's knobs, taken from Settings once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.settings import Settings
+from app.snapshot.keep import KeepRules
+
+BATCH_CHUNKS = 64  # chunks per database round trip: 4 MiB raw at most, memory stays flat
+
+
+@dataclass(frozen=True)
+class VaultOptions:
+    """How snapshots are taken and kept."""
+
+    zstd_level: int = 3
+    keep_generations: int = 5
+    capture_attempts: int = 5
+    rules: KeepRules = field(default_factory=KeepRules)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VaultOptions:
+        """Options as configured by the environment."""
+        return cls(
+            zstd_level=settings.zstd_level,
+            keep_generations=settings.keep_generations,
+            capture_attempts=settings.capture_attempts,
+            rules=KeepRules.create(settings.include, settings.exclude,
+                                   settings.keep_cache_storage),
+        )

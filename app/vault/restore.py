@@ -1,0 +1,245 @@
+"""Restore a generation into a fresh directory, check every chunk, then swap it into place.
+
+A half-restored profile is never launched: files are written into a new sibling directory and
+only a complete, verified tree replaces the profile, in one rename. Paths come from a checked
+manifest (relative, no '..'), files are created with O_EXCL|O_NOFOLLOW in a directory only we
+write to, and no link is ever created. Chromium's Singleton* lock files are never restored.
+When the newest generation is damaged, the previous one is used and the damage is logged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+
+from app.errors import CorruptSnapshot, NotFound
+from app.log import get_logger
+from app.progress import NullProgress, ProgressSink
+from app.snapshot.codec import CHUNK_SIZE, Decoder
+from app.snapshot.manifest import FileEntry, Manifest
+from app.snapshot.safepath import is_singleton
+from app.snapshot.staging import work_dir_for
+from app.store import repo
+from app.store.repo import Conn
+from app.vault.options import BATCH_CHUNKS
+from app.vault.statcache import StatCache
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """What one restore did."""
+
+    session_id: str
+    generation: int
+    files: int
+    bytes_raw: int
+    duration_ms: int
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain fields for --json output."""
+        return asdict(self)
+
+
+async def load_manifest(conn: Conn, session_id: str, generation: int) -> Manifest:
+    """The checked manifest of a generation."""
+    found = await repo.fetch_manifest(conn, session_id, generation)
+    if found is None:
+        raise NotFound(f"session {session_id!r} has no generation {generation}")
+    packed, expected = found
+    if hashlib.sha256(packed).digest() != expected:
+        raise CorruptSnapshot(f"generation {generation}: manifest checksum mismatch")
+    return Manifest.from_bytes(packed)
+
+
+class _TreeWriter:
+    """Writes files of a manifest in order, chunk by chunk (runs in a worker thread)."""
+
+    def __init__(self, root: Path, files: list[FileEntry]) -> None:
+        self.root = root
+        self.files = files
+        self.index = -1
+        self.fd: int | None = None
+        self.written = 0
+
+    def _close_current(self) -> None:
+        if self.fd is None:
+            return
+        entry = self.files[self.index]
+        os.close(self.fd)
+        self.fd = None
+        if self.written != entry.size:
+            raise CorruptSnapshot(f"{entry.path}: size {self.written}, manifest says {entry.size}")
+        os.utime(self.root / entry.path, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def advance_to(self, index: int) -> None:
+        """Finish the current file and open the files up to index (empty ones included)."""
+        while self.index < index:
+            self._close_current()
+            self.index += 1
+            entry = self.files[self.index]
+            mode = (entry.mode & 0o777) | 0o600
+            self.fd = os.open(self.root / entry.path,
+                              os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            self.written = 0
+
+    def write(self, index: int, data: bytes) -> None:
+        """Append a chunk to file `index`."""
+        self.advance_to(index)
+        assert self.fd is not None
+        os.write(self.fd, data)
+        self.written += len(data)
+
+    def finish(self) -> None:
+        """Create the remaining (empty) files and close the last one."""
+        if self.files:
+            self.advance_to(len(self.files) - 1)
+        self._close_current()
+
+
+async def materialize(
+    conn: Conn, session_id: str, manifest: Manifest, target: Path,
+    progress: ProgressSink,
+) -> None:
+    """Write every file of the manifest under target (which must not exist yet)."""
+    files = sorted((f for f in manifest.files if not is_singleton(f.path)), key=lambda f: f.path)
+    dirs = sorted({d.path for d in manifest.dirs} | {
+        "/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)
+    })
+    modes = {d.path: d.mode for d in manifest.dirs}
+
+    def make_dirs() -> None:
+        target.mkdir(mode=0o700)
+        for rel in dirs:
+            (target / rel).mkdir(mode=(modes.get(rel, 0o700) & 0o777) | 0o700)
+
+    await anyio.to_thread.run_sync(make_dirs)
+    writer = _TreeWriter(target, files)
+    decoder = Decoder()
+    refs = [(i, d) for i, f in enumerate(files) for d in f.chunks]
+    sizes = {}
+    for f in files:
+        for n, d in enumerate(f.chunks):
+            sizes[d] = min(f.size - n * CHUNK_SIZE, CHUNK_SIZE)
+    progress.start("restore", manifest.bytes_raw)
+    for start in range(0, len(refs), BATCH_CHUNKS):
+        window = refs[start : start + BATCH_CHUNKS]
+        stored = await repo.fetch_chunks(conn, session_id, [d for _, d in window])
+
+        def decode_and_write(window: list[tuple[int, bytes]] = window,
+                             stored: dict[bytes, repo.StoredChunk] = stored) -> int:
+            done = 0
+            for index, d in window:
+                chunk = stored.get(d)
+                if chunk is None:
+                    raise CorruptSnapshot(f"chunk {d.hex()[:12]} is missing")
+                raw = decoder.decode(chunk.codec, chunk.data, sizes[d], d)
+                writer.write(index, raw)
+                done += len(raw)
+            return done
+
+        progress.advance(await anyio.to_thread.run_sync(decode_and_write))
+    await anyio.to_thread.run_sync(writer.finish)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    func = getattr(libc, "renameat2", None)
+    if func is None:
+        return False
+    rc = func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return bool(rc == 0)
+
+
+def swap_into_place(fresh: Path, target: Path) -> None:
+    """Replace target with fresh in one rename; the old tree is removed afterwards."""
+    if not target.exists() and not target.is_symlink():
+        fresh.rename(target)
+        return
+    if target.is_dir() and not target.is_symlink() and _exchange(fresh, target):
+        shutil.rmtree(fresh, ignore_errors=True)  # fresh now holds the old profile
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    target.rename(old)
+    fresh.rename(target)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
+
+
+def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manifest) -> None:
+    """Record the restored files' stats so the next snapshot need not re-read them."""
+    cache = StatCache(session_id, generation)
+    now = time.time_ns()
+    for f in manifest.files:
+        try:
+            st = (profile / f.path).stat()
+        except FileNotFoundError:
+            continue
+        cache.record(f.path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), f.chunks, now)
+    cache.save(StatCache.path_for(work_dir_for(profile), session_id))
+
+
+async def restore_profile(
+    pool: asyncpg.Pool, session_id: str, profile: Path, *, generation: int | None = None,
+    progress: ProgressSink | None = None,
+) -> RestoreResult:
+    """Restore the newest good generation (or the named one) into profile."""
+    log = get_logger(session_id=session_id)
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    profile = profile.absolute()
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    skipped: list[dict[str, Any]] = []
+    async with pool.acquire() as conn, repo.chunk_lock_shared(conn, session_id):
+        if not await repo.session_exists(conn, session_id):
+            raise NotFound(f"no session {session_id!r} in the database")
+        if generation is not None:
+            candidates = [generation]
+        else:
+            candidates = [g.generation for g in await repo.list_generations(conn, session_id)]
+            if not candidates:
+                raise NotFound(f"session {session_id!r} has no snapshot yet")
+        for gen in candidates:
+            fresh = profile.parent / f".{profile.name}.restore-{uuid.uuid4().hex[:8]}"
+            try:
+                manifest = await load_manifest(conn, session_id, gen)
+                await materialize(conn, session_id, manifest, fresh, progress)
+            except (CorruptSnapshot, OSError) as exc:
+                await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
+                log.error("restore_generation_corrupt", generation=gen, reason=str(exc))
+                skipped.append({"generation": gen, "reason": str(exc)})
+                if generation is not None:
+                    raise CorruptSnapshot(f"generation {gen} cannot be restored: {exc}") from None
+                continue
+            await anyio.to_thread.run_sync(swap_into_place, fresh, profile)
+            await anyio.to_thread.run_sync(_seed_cache, profile, session_id, gen, manifest)
+            result = RestoreResult(session_id, gen, len(manifest.files), manifest.bytes_raw,
+                                   int((time.monotonic() - started) * 1000), skipped)
+            log.info("restore_completed", generation=gen, files=result.files,
+                     bytes=result.bytes_raw, duration_ms=result.duration_ms,
+                     skipped=[s["generation"] for s in skipped])
+            return result
+    raise CorruptSnapshot(
+        f"no generation of session {session_id!r} could be restored "
+        f"(tried {', '.join(str(g) for g in candidates)})"
+    )

@@ -1,0 +1,74 @@
+"""Keep the newest N generations; collect chunks that no generation references.
+
+Garbage collection takes the session's chunk lock exclusively and without waiting: while any
+upload or restore of the session holds it shared, collection is deferred, so a chunk an
+unfinished snapshot counted on is never removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import asyncpg
+
+from app.errors import CorruptSnapshot
+from app.log import get_logger
+from app.snapshot.manifest import Manifest
+from app.store import repo
+from app.store.repo import Conn
+
+_DELETE_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What one prune did."""
+
+    session_id: str
+    kept: list[int]
+    deleted_generations: list[int]
+    chunks_deleted: int
+    gc_deferred: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain fields for --json output."""
+        return asdict(self)
+
+
+async def collect_garbage(conn: Conn, session_id: str) -> int | None:
+    """Delete unreferenced chunks; None when a writer holds the lock (try again later)."""
+    async with conn.transaction():
+        if not await repo.try_chunk_lock_exclusive(conn, session_id):
+            return None
+        referenced: set[bytes] = set()
+        for packed in await repo.all_manifests(conn, session_id):
+            try:
+                referenced |= Manifest.from_bytes(packed).digests()
+            except CorruptSnapshot:
+                # A manifest we cannot read may still name chunks: delete nothing.
+                get_logger(session_id=session_id).error("gc_skipped_unreadable_manifest")
+                return 0
+        orphans = [d for d in await repo.stored_digests(conn, session_id) if d not in referenced]
+        deleted = 0
+        for i in range(0, len(orphans), _DELETE_BATCH):
+            deleted += await repo.delete_chunks(conn, session_id, orphans[i : i + _DELETE_BATCH])
+        return deleted
+
+
+async def prune(pool: asyncpg.Pool, session_id: str, keep: int) -> PruneResult:
+    """Delete all but the newest `keep` generations, then collect their chunks."""
+    log = get_logger(session_id=session_id)
+    async with pool.acquire() as conn:
+        generations = [g.generation for g in await repo.list_generations(conn, session_id)]
+        kept, doomed = generations[:keep], generations[keep:]
+        if doomed:
+            await repo.delete_generations(conn, session_id, doomed)
+        deleted = await collect_garbage(conn, session_id)
+    result = PruneResult(session_id, kept, doomed, deleted or 0, deleted is None)
+    if doomed or deleted:
+        log.info("snapshots_pruned", kept=kept, deleted_generations=doomed,
+                 chunks_deleted=deleted or 0)
+    if deleted is None:
+        log.info("gc_deferred", reason="chunk lock held by an upload or restore")
+    return result

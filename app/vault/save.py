@@ -1,0 +1,218 @@
+"""Snapshot a profile into the vault: capture, chunk, upload what is new, commit a generation.
+
+An unchanged profile uploads nothing and creates no generation. A generation row is written
+in one statement after every chunk it names is stored, so it is never visible half-written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+import asyncpg
+
+from app.errors import CorruptSnapshot
+from app.log import get_logger
+from app.progress import NullProgress, ProgressSink
+from app.snapshot.codec import CHUNK_SIZE, Encoder, digest
+from app.snapshot.manifest import FileEntry, Manifest
+from app.snapshot.staging import StagedTree, capture, clear_stale_staging, work_dir_for
+from app.store import repo
+from app.store.repo import Conn
+from app.vault.commit import commit_manifest
+from app.vault.options import BATCH_CHUNKS, VaultOptions
+from app.vault.retention import prune
+from app.vault.statcache import StatCache
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What one snapshot did."""
+
+    session_id: str
+    changed: bool
+    generation: int | None
+    files: int
+    bytes_raw: int
+    bytes_uploaded: int
+    chunks_new: int
+    chunks_reused: int
+    duration_ms: int
+    capture_attempts: int
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain fields for --json output and log events."""
+        return asdict(self)
+
+
+def _read_hash(fh: BinaryIO, count: int) -> list[tuple[bytes, bytes]]:
+    out = []
+    for _ in range(count):
+        block = fh.read(CHUNK_SIZE)
+        if not block:
+            break
+        out.append((digest(block), block))
+    return out
+
+
+class _Uploader:
+    """Streams chunks of changed files to the database in bounded batches."""
+
+    def __init__(self, conn: Conn, session_id: str, known: set[bytes],
+                 level: int, progress: ProgressSink) -> None:
+        self.conn = conn
+        self.session_id = session_id
+        self.known = known
+        self.encoder = Encoder(level)
+        self.progress = progress
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.pending_set: set[bytes] = set()
+        self.chunks_new = 0
+        self.bytes_uploaded = 0
+
+    async def add_file(self, path: Path) -> tuple[tuple[bytes, ...], int]:
+        """Chunk one staged file; returns its digests and size."""
+        digests: list[bytes] = []
+        size = 0
+        fh = await anyio.to_thread.run_sync(path.open, "rb")
+        try:
+            while batch := await anyio.to_thread.run_sync(_read_hash, fh, BATCH_CHUNKS):
+                for d, raw in batch:
+                    digests.append(d)
+                    size += len(raw)
+                    if d not in self.known and d not in self.pending_set:
+                        self.pending.append((d, raw))
+                        self.pending_set.add(d)
+                    else:
+                        self.progress.advance(len(raw))
+                if len(self.pending) >= BATCH_CHUNKS:
+                    await self.flush()
+        finally:
+            fh.close()
+        return tuple(digests), size
+
+    async def flush(self) -> None:
+        """Upload the pending chunks the database does not have yet."""
+        batch, self.pending, self.pending_set = self.pending, [], set()
+        if not batch:
+            return
+        present = await repo.existing_digests(self.conn, self.session_id, [d for d, _ in batch])
+        missing = [(d, raw) for d, raw in batch if d not in present]
+
+        def encode() -> list[tuple[bytes, int, str, bytes]]:
+            return [(d, len(raw), *self.encoder.encode(raw)) for d, raw in missing]
+
+        rows = await anyio.to_thread.run_sync(encode)
+        if rows:
+            await repo.insert_chunks(self.conn, self.session_id, rows)
+        self.chunks_new += len(rows)
+        self.bytes_uploaded += sum(len(r[3]) for r in rows)
+        self.known.update(d for d, _ in batch)
+        self.progress.advance(sum(len(raw) for _, raw in batch))
+
+
+async def _known_digests(conn: Conn, session_id: str,
+                         latest: repo.GenerationInfo | None) -> set[bytes]:
+    if latest is None:
+        return set()
+    found = await repo.fetch_manifest(conn, session_id, latest.generation)
+    if found is None:
+        return set()
+    try:
+        return Manifest.from_bytes(found[0]).digests()
+    except CorruptSnapshot:
+        return set()  # not trusted: every chunk is checked against the table instead
+
+
+async def save_snapshot(
+    pool: asyncpg.Pool, session_id: str, profile: Path, options: VaultOptions,
+    *, kind: str = "manual", login_state: str | None = None,
+    progress: ProgressSink | None = None,
+) -> SaveResult:
+    """Capture the profile and commit a new generation if anything changed."""
+    log = get_logger(session_id=session_id)
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    work = work_dir_for(profile)
+    await anyio.to_thread.run_sync(clear_stale_staging, work)
+    tree: StagedTree = await anyio.to_thread.run_sync(
+        capture, profile, work, options.rules, options.capture_attempts
+    )
+    for note in tree.notes:
+        log.warning("capture_note", note=note)
+    try:
+        cache_path = StatCache.path_for(work, session_id)
+        cache = StatCache.load(cache_path, session_id)
+        result = await _save_tree(pool, session_id, tree, cache, options, kind, login_state,
+                                  progress, started)
+    finally:
+        await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
+    cache.generation = result.generation
+    await anyio.to_thread.run_sync(cache.save, cache_path)
+    if result.changed:
+        log.info("snapshot_committed", **result.as_json())
+        await prune(pool, session_id, options.keep_generations)
+    else:
+        log.info("snapshot_unchanged", files=result.files, bytes_raw=result.bytes_raw,
+                 duration_ms=result.duration_ms)
+    return result
+
+
+async def _save_tree(
+    pool: asyncpg.Pool, session_id: str, tree: StagedTree, cache: StatCache,
+    options: VaultOptions, kind: str, login_state: str | None, progress: ProgressSink,
+    started: float,
+) -> SaveResult:
+    entries: dict[str, FileEntry] = {}
+    pending = []
+    for f in tree.files:
+        chunks = cache.lookup(f)
+        if chunks is None:
+            pending.append(f)
+        else:
+            entries[f.path] = FileEntry(f.path, f.mode, f.size, f.live.mtime_ns, chunks)
+
+    def result(changed: bool, manifest: Manifest, generation: int | None,
+               uploader: _Uploader | None) -> SaveResult:
+        total = len(manifest.digests())
+        new = uploader.chunks_new if uploader else 0
+        return SaveResult(
+            session_id=session_id, changed=changed, generation=generation,
+            files=len(manifest.files), bytes_raw=manifest.bytes_raw,
+            bytes_uploaded=(uploader.bytes_uploaded if uploader else 0),
+            chunks_new=new, chunks_reused=total - new,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            capture_attempts=tree.attempts,
+        )
+
+    async with pool.acquire() as conn:
+        await repo.ensure_session(conn, session_id)
+        latest = await repo.latest_generation(conn, session_id)
+        if not pending:
+            manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
+            if latest is not None and manifest.content_digest() == latest.content_digest:
+                return result(False, manifest, latest.generation, None)
+        async with repo.chunk_lock_shared(conn, session_id):
+            uploader = _Uploader(conn, session_id, await _known_digests(conn, session_id, latest),
+                                 options.zstd_level, progress)
+            progress.start("snapshot", sum(f.size for f in pending))
+            for f in pending:
+                chunks, size = await uploader.add_file(tree.root / f.path)
+                entries[f.path] = FileEntry(f.path, f.mode, size, f.live.mtime_ns, chunks)
+            await uploader.flush()
+            manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
+            for f in tree.files:
+                cache.record(f.path, (f.live.size, f.live.mtime_ns, f.live.ino, f.live.dev),
+                             entries[f.path].chunks, tree.started_ns)
+            if latest is not None and manifest.content_digest() == latest.content_digest:
+                return result(False, manifest, latest.generation, uploader)
+            generation, uploader.bytes_uploaded = await commit_manifest(
+                conn, session_id, manifest, level=options.zstd_level, kind=kind,
+                login_state=login_state, chunks_new=uploader.chunks_new,
+                bytes_uploaded=uploader.bytes_uploaded, started=started,
+            )
+            return result(True, manifest, generation, uploader)

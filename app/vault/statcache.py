@@ -1,0 +1,81 @@
+"""A local record of each file's stat at the last capture, so unchanged files are not re-read.
+
+A file whose size, mtime, inode and device match the record keeps its chunk list. Files modified
+within two seconds of a capture are not recorded ("racily clean", as git calls it): a later write
+within the same mtime tick could otherwise go unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.snapshot.staging import StagedFile
+
+RACY_NS = 2_000_000_000
+_DIGEST = 32
+
+
+@dataclass(slots=True)
+class StatCache:
+    """Chunk lists of files keyed by path, valid for one session's generation."""
+
+    session_id: str
+    generation: int | None = None
+    entries: dict[str, tuple[int, int, int, int, tuple[bytes, ...]]] = field(default_factory=dict)
+
+    @staticmethod
+    def path_for(work_dir: Path, session_id: str) -> Path:
+        """Where the cache of a session lives."""
+        return work_dir / f"stat-cache-{session_id}.json"
+
+    @classmethod
+    def load(cls, path: Path, session_id: str) -> StatCache:
+        """The cache on disk, or an empty one if it is missing, foreign or unreadable."""
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("session_id") != session_id:
+                return cls(session_id)
+            entries = {}
+            for rel, (size, mtime, ino, dev, hexed) in doc["entries"].items():
+                packed = bytes.fromhex(hexed)
+                chunks = tuple(packed[i : i + _DIGEST] for i in range(0, len(packed), _DIGEST))
+                entries[rel] = (size, mtime, ino, dev, chunks)
+            return cls(session_id, doc.get("generation"), entries)
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(session_id)
+
+    def lookup(self, f: StagedFile) -> tuple[bytes, ...] | None:
+        """The recorded chunks of a staged file if its live stat is unchanged."""
+        entry = self.entries.get(f.path)
+        if entry is None or f.size != f.live.size:
+            return None
+        size, mtime, ino, dev, chunks = entry
+        if (size, mtime, ino, dev) != (f.live.size, f.live.mtime_ns, f.live.ino, f.live.dev):
+            return None
+        return chunks
+
+    def record(self, rel: str, stat: tuple[int, int, int, int], chunks: tuple[bytes, ...],
+               now_ns: int) -> None:
+        """Remember a file's chunks unless its mtime is too recent to trust."""
+        if stat[1] <= now_ns - RACY_NS:
+            self.entries[rel] = (*stat, chunks)
+        else:
+            self.entries.pop(rel, None)
+
+    def save(self, path: Path) -> None:
+        """Write atomically (a crash leaves the old cache or the new one)."""
+        doc = {
+            "session_id": self.session_id,
+            "generation": self.generation,
+            "entries": {
+                rel: [size, mtime, ino, dev, b"".join(chunks).hex()]
+                for rel, (size, mtime, ino, dev, chunks) in self.entries.items()
+            },
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        tmp.replace(path)
