@@ -72,7 +72,11 @@ def fragmented(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     path = tmp_path_factory.mktemp("fragmented") / "db"
     _make_db(path, seed=3, key_len=4000, count=400)
-    plyvel.DB(str(path)).close()
+    db = plyvel.DB(str(path))
+    try:
+        _compact_all(db)  # waits out any compaction the reopen scheduled
+    finally:
+        db.close()
     return path
 
 

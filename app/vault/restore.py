@@ -117,8 +117,9 @@ async def materialize(
 ) -> None:
     """Write every file of the manifest under target (which must not exist yet)."""
     files = sorted((f for f in manifest.files if not is_singleton(f.path)), key=lambda f: f.path)
+    paths = [*(d.path for d in manifest.dirs), *(f.path for f in files)]
     dirs = sorted({d.path for d in manifest.dirs} | {
-        "/".join(f.path.split("/")[:i]) for f in files for i in range(1, f.path.count("/") + 1)
+        "/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)
     })
     modes = {d.path: d.mode for d in manifest.dirs}
 

@@ -107,6 +107,8 @@ def build_profile(root: Path, idb_bytes: int = 2 * 1024 * 1024, blob_count: int 
             with db.write_batch() as wb:
                 for i in range(start // record, min(idb_bytes, start + 256 * record) // record):
                     wb.put(b"rec-%09d" % i, payload(rng, record))
+        # Settle the records into table files, as a long-lived Chromium profile has them.
+        db.compact_range()
     finally:
         db.close()
     for i in range(blob_count):

@@ -1,0 +1,137 @@
+"""Test fixtures: a real PostgreSQL, a fresh database per test, profile-shaped trees.
+
+The server is TEST_DATABASE_URL if set, else the one at 127.0.0.1:5432, else an embedded one
+(pgserver) started for the test run. Each test gets its own database copied from a migrated
+template (CREATE DATABASE ... TEMPLATE), so tests never share state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from app.settings import Settings
+from app.store.db import open_pool
+from app.store.migrate import migrate
+from app.vault.options import VaultOptions
+from tests.support.profile_tree import ProfileTree, build_profile
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _local_server_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server (database `postgres`) the tests may create databases on."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    if _local_server_up():
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+        return
+    import pgserver  # noqa: PLC0415
+
+    # A short path: the server's unix socket lives there.
+    data = Path("/tmp") / f"sk-test-pg-{os.getpid()}"
+    server = pgserver.get_server(str(data), cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+async def _admin(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> Iterator[str]:
+    """A migrated template database, created once per test run."""
+    name = f"sk_tpl_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        await _admin(pg_server_url, f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(_with_db(pg_server_url, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
+    """A fresh database for one test, already migrated."""
+    name = f"sk_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    yield _with_db(pg_server_url, name)
+    asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_database_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    name = f"sk_e_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}"'))
+    yield _with_db(pg_server_url, name)
+    asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=tmp_path / "state")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    async with open_pool(settings, migrate=False) as pool:
+        yield pool
+
+
+@pytest.fixture
+def options() -> VaultOptions:
+    return VaultOptions()
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> ProfileTree:
+    """A small profile-shaped tree (about 3 MB)."""
+    return build_profile(tmp_path / "live" / "profile", idb_bytes=2 * 1024 * 1024)
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI as a subprocess against the test database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
+    env.update(DATABASE_URL=database_url, SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"),
+               SESSIONKEEPER_LOG_FORMAT="json")
+    return env

@@ -1,0 +1,126 @@
+"""Restore never writes outside its target, and damaged generations fall back safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+import structlog
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.errors import CorruptSnapshot, NotFound
+from app.progress import NullProgress
+from app.snapshot.codec import CHUNK_SIZE
+from app.snapshot.manifest import Manifest
+from app.vault.options import VaultOptions
+from app.vault.restore import materialize, restore_profile
+from app.vault.save import save_snapshot
+from tests.support.profile_tree import ProfileTree, tree_files
+
+_part = st.sampled_from(["..", ".", "", "a", "b", "Singleton", "SingletonLock", "/", "..."])
+_path = st.lists(_part, min_size=1, max_size=4).map("/".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=st.lists(_path, min_size=1, max_size=5), dirs=st.lists(_path, max_size=3))
+def test_hostile_manifest_never_escapes(files: list[str], dirs: list[str]) -> None:
+    doc = {"version": 1, "chunk_size": CHUNK_SIZE, "dirs": [[d, 0o755] for d in dirs],
+           "files": [[f, 0o644, 0, 0, ""] for f in files]}
+    packed = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+    try:
+        manifest = Manifest.from_bytes(packed)
+    except CorruptSnapshot:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        outer = Path(tmp)
+        target = outer / "inner" / "target"
+        target.parent.mkdir()
+        anyio.run(materialize, None, "s", manifest, target, NullProgress())
+        created = [Path(dp) / n for dp, ds, fs in os.walk(outer) for n in ds + fs]
+        assert all(p.is_relative_to(target) or p == target or p == target.parent
+                   for p in created)
+        assert not any(p.is_symlink() for p in created)
+        assert not any(p.name.startswith("Singleton") and p.is_file() for p in created)
+
+
+
+
+async def _corrupt_chunk_of(pool: asyncpg.Pool, session: str, generation: int) -> None:
+    """Damage one chunk that only `generation` uses."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT generation, manifest FROM snapshots WHERE session_id=$1",
+                                session)
+        digests = {r["generation"]: Manifest.from_bytes(r["manifest"]).digests() for r in rows}
+        others = set().union(*(d for g, d in digests.items() if g != generation))
+        only = next(iter(digests[generation] - others))
+        await conn.execute(
+            "UPDATE chunks SET data = overlay(data placing '\\xdeadbeef'::bytea from 5) "
+            "WHERE session_id=$1 AND digest=$2", session, only)
+
+
+@pytest.mark.anyio
+async def test_corrupt_newest_generation_falls_back(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path
+) -> None:
+    await save_snapshot(pool, "s1", profile.root, options)
+    good = {k: v for k, v in tree_files(profile.root).items()}
+    profile.add_blob("only-in-two", 70_000)
+    await save_snapshot(pool, "s1", profile.root, options)
+    await _corrupt_chunk_of(pool, "s1", 2)
+
+    with structlog.testing.capture_logs() as logs:
+        result = await restore_profile(pool, "s1", tmp_path / "restored")
+    assert result.generation == 1
+    assert [s["generation"] for s in result.skipped] == [2]
+    events = [e for e in logs if e["event"] == "restore_generation_corrupt"]
+    assert events and events[0]["generation"] == 2 and "chunk" in events[0]["reason"]
+    restored = tree_files(tmp_path / "restored")
+    assert all(good[k] == v for k, v in restored.items())
+    assert not any(".restore-" in p.name for p in tmp_path.iterdir())
+
+    # Named explicitly, the damaged generation is an error, and the target is untouched.
+    with pytest.raises(CorruptSnapshot, match="generation 2"):
+        await restore_profile(pool, "s1", tmp_path / "restored", generation=2)
+    assert tree_files(tmp_path / "restored") == restored
+
+
+@pytest.mark.anyio
+async def test_tampered_manifest_is_detected(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path
+) -> None:
+    await save_snapshot(pool, "s1", profile.root, options)
+    profile.add_blob("x", 100)
+    await save_snapshot(pool, "s1", profile.root, options)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE snapshots SET manifest = manifest || '\\x00'::bytea "
+                           "WHERE session_id='s1' AND generation=2")
+    result = await restore_profile(pool, "s1", tmp_path / "r")
+    assert result.generation == 1 and "checksum" in result.skipped[0]["reason"]
+
+
+@pytest.mark.anyio
+async def test_nothing_restorable(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path
+) -> None:
+    with pytest.raises(NotFound):
+        await restore_profile(pool, "nobody", tmp_path / "r")
+    await save_snapshot(pool, "s1", profile.root, options)
+    await _corrupt_chunk_of(pool, "s1", 1)
+    existing = tmp_path / "r"
+    existing.mkdir()
+    (existing / "keep-me").write_text("x")
+    with pytest.raises(CorruptSnapshot, match="no generation"):
+        await restore_profile(pool, "s1", existing)
+    assert (existing / "keep-me").read_text() == "x"
+    with pytest.raises(NotFound):
+        await restore_profile(pool, "s1", existing, generation=9)
+
+

@@ -1,0 +1,257 @@
+"""Unit tests: keep rules, chunker and codecs, manifest, safe paths."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.errors import CorruptSnapshot
+from app.snapshot.codec import CHUNK_SIZE, CODEC_RAW, CODEC_ZSTD, Decoder, Encoder, digest, iter_chunks
+from app.snapshot.keep import KeepRules, is_immutable, unpaired_service_workers
+from app.snapshot.manifest import DirEntry, FileEntry, Manifest
+from app.snapshot.safepath import UnsafePath, check_relative_path, is_singleton
+
+# ---------------------------------------------------------------- keep rules
+
+KEPT = [
+    "Local State",
+    "Default/Preferences",
+    "Default/Cookies",
+    "Default/Cookies-journal",
+    "Default/IndexedDB/https_web.whatsapp.com_0.indexeddb.leveldb/000123.ldb",
+    "Default/IndexedDB/https_web.whatsapp.com_0.indexeddb.leveldb/MANIFEST-000001",
+    "Default/IndexedDB/https_web.whatsapp.com_0.indexeddb.leveldb/CURRENT",
+    "Default/IndexedDB/https_web.whatsapp.com_0.indexeddb.blob/1/00/3",
+    "Default/Local Storage/leveldb/000003.log",
+    "Default/WebStorage/QuotaManager",
+    "Default/File System/Origins/000003.log",
+    "Default/Service Worker/Database/000003.log",
+    "Default/Service Worker/ScriptCache/index",
+    "Profile 1/IndexedDB/x.indexeddb.leveldb/CURRENT",
+]
+DROPPED = [
+    "SingletonLock",
+    "SingletonSocket",
+    "SingletonCookie",
+    "Default/IndexedDB/https_web.whatsapp.com_0.indexeddb.leveldb/LOCK",
+    "Default/IndexedDB/https_web.whatsapp.com_0.indexeddb.leveldb/LOG",
+    "Default/IndexedDB/https_web.whatsapp.com_0.indexeddb.leveldb/LOG.old",
+    "Default/Cache/Cache_Data/data_0",
+    "Default/Code Cache/js/index",
+    "Default/GPUCache/data_1",
+    "Default/DawnWebGPUCache/data_0",
+    "Default/DawnGraphiteCache/data_0",
+    "GrShaderCache/data_0",
+    "ShaderCache/data_0",
+    "Default/Media Cache/x",
+    "BrowserMetrics/BrowserMetrics-1.pma",
+    "BrowserMetrics-spare.pma",
+    "Crashpad/settings.dat",
+    "Default/History",
+    "Default/Sessions/Session_1",
+    "Default/Service Worker/CacheStorage/abc/index",
+    "Default/Favicons",
+    "Default/Extensions/x/manifest.json",
+]
+
+
+@pytest.mark.parametrize("path", KEPT)
+def test_kept_paths(path: str) -> None:
+    assert KeepRules().keeps(path)
+
+
+@pytest.mark.parametrize("path", DROPPED)
+def test_dropped_paths(path: str) -> None:
+    assert not KeepRules().keeps(path)
+
+
+def test_cache_storage_is_a_setting() -> None:
+    path = "Default/Service Worker/CacheStorage/abc/index"
+    assert not KeepRules().keeps(path)
+    assert KeepRules.create(keep_cache_storage=True).keeps(path)
+
+
+def test_user_globs() -> None:
+    rules = KeepRules.create(include=["Default/Extension State/**"],
+                             exclude=["Default/File System/**"])
+    assert rules.keeps("Default/Extension State/000003.log")
+    assert not rules.keeps("Default/File System/Origins/000003.log")
+    assert rules.keeps("Default/Cookies")
+    # Lock files stay out even when a user includes everything.
+    everything = KeepRules.create(include=["**"])
+    assert everything.keeps("Default/Favicons")
+    assert not everything.keeps("SingletonLock")
+    assert not everything.keeps("Default/IndexedDB/x.leveldb/LOCK")
+
+
+def test_dropped_dirs_are_pruned() -> None:
+    rules = KeepRules()
+    assert rules.prunes_dir("Default/Cache")
+    assert rules.prunes_dir("Crashpad")
+    assert not rules.prunes_dir("Default/IndexedDB")
+
+
+def test_immutable_files() -> None:
+    assert is_immutable("Default/IndexedDB/a.leveldb/000005.ldb")
+    assert is_immutable("Default/IndexedDB/a.blob/1/00/5")
+    assert not is_immutable("Default/IndexedDB/a.leveldb/000006.log")
+    assert not is_immutable("Default/IndexedDB/a.leveldb/MANIFEST-000001")
+    assert not is_immutable("Default/Cookies")
+
+
+def test_service_worker_pairing() -> None:
+    both = ["Default/Service Worker/Database/CURRENT", "Default/Service Worker/ScriptCache/index"]
+    assert unpaired_service_workers(both) == set()
+    assert unpaired_service_workers(both[:1]) == {"Default"}
+    assert unpaired_service_workers(both[1:]) == {"Default"}
+
+
+# ---------------------------------------------------------------- chunker and codecs
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE])
+def test_chunk_boundaries(size: int) -> None:
+    data = bytes(range(256)) * (size // 256 + 1)
+    data = data[:size]
+    chunks = list(iter_chunks(io.BytesIO(data)))
+    assert b"".join(chunks) == data
+    assert len(chunks) == -(-size // CHUNK_SIZE)
+    assert all(len(c) == CHUNK_SIZE for c in chunks[:-1])
+
+
+def test_codec_round_trip_and_raw_fallback() -> None:
+    enc, dec = Encoder(3), Decoder()
+    text = b"hello world " * 5000
+    codec, stored = enc.encode(text)
+    assert codec == CODEC_ZSTD and len(stored) < len(text) / 10
+    assert dec.decode(codec, stored, len(text), digest(text)) == text
+    noise = Path("/dev/urandom").open("rb").read(CHUNK_SIZE)
+    codec, stored = enc.encode(noise)
+    assert codec == CODEC_RAW and stored == noise
+    assert dec.decode(codec, stored, len(noise), digest(noise)) == noise
+
+
+def test_decoder_rejects_damage() -> None:
+    enc, dec = Encoder(3), Decoder()
+    text = b"abc" * 10000
+    codec, stored = enc.encode(text)
+    with pytest.raises(CorruptSnapshot):
+        dec.decode(codec, stored, len(text), digest(b"other"))
+    with pytest.raises(CorruptSnapshot):
+        dec.decode(codec, stored[:-5] + b"xxxxx", len(text), digest(text))
+    with pytest.raises(CorruptSnapshot, match="unknown codec"):
+        dec.decode("aes", stored, len(text), digest(text))
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _manifest() -> Manifest:
+    d1, d2 = digest(b"1"), digest(b"2")
+    return Manifest(
+        files=[FileEntry("Default/Cookies", 0o600, CHUNK_SIZE + 1, 123, (d1, d2)),
+               FileEntry("Local State", 0o644, 0, 456, ())],
+        dirs=[DirEntry("Default", 0o700)],
+    )
+
+
+def test_manifest_round_trip() -> None:
+    m = _manifest()
+    back = Manifest.from_bytes(m.to_bytes())
+    assert sorted(back.files, key=lambda f: f.path) == sorted(m.files, key=lambda f: f.path)
+    assert back.dirs == m.dirs
+    assert back.content_digest() == m.content_digest()
+    assert back.bytes_raw == CHUNK_SIZE + 1
+
+
+def test_content_digest_ignores_mtime_not_content() -> None:
+    m = _manifest()
+    touched = Manifest(files=[FileEntry(f.path, f.mode, f.size, f.mtime_ns + 1, f.chunks)
+                              for f in m.files], dirs=m.dirs)
+    assert touched.content_digest() == m.content_digest()
+    changed = Manifest(files=[*m.files[:1], FileEntry("Local State", 0o600, 0, 456, ())],
+                       dirs=m.dirs)
+    assert changed.content_digest() != m.content_digest()
+
+
+def _raw_manifest(files: list[list[object]], dirs: list[list[object]] | None = None) -> bytes:
+    doc = {"version": 1, "chunk_size": CHUNK_SIZE, "dirs": dirs or [], "files": files}
+    return zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("files,dirs", [
+    ([["a", 0o600, 10, 0, ""]], None),                                  # 10 bytes, no chunk
+    ([["a", 0o600, 10, 0, digest(b"x").hex() * 2]], None),              # too many chunks
+    ([["a", 0o600, 0, 0, ""], ["a", 0o600, 0, 0, ""]], None),           # duplicate
+    ([["a", 0o600, 0, 0, ""], ["a/b", 0o600, 0, 0, ""]], None),         # file under a file
+    ([["a", 0o600, 0, 0, ""]], [["a", 0o700]]),                         # dir and file
+    ([["../x", 0o600, 0, 0, ""]], None),
+    ([["/etc/passwd", 0o600, 0, 0, ""]], None),
+    ([["a", 0o100000, 0, 0, ""]], None),                                # not a permission mode
+    ([["a", 0o600, -1, 0, ""]], None),
+])
+def test_manifest_rejects_bad_documents(files: list[list[object]],
+                                        dirs: list[list[object]] | None) -> None:
+    with pytest.raises(CorruptSnapshot):
+        Manifest.from_bytes(_raw_manifest(files, dirs))
+
+
+def test_manifest_rejects_garbage() -> None:
+    with pytest.raises(CorruptSnapshot):
+        Manifest.from_bytes(b"not zstd at all")
+    with pytest.raises(CorruptSnapshot):
+        Manifest.from_bytes(zstandard.ZstdCompressor().compress(b"[1,2,3]"))
+
+
+# ---------------------------------------------------------------- safe paths
+
+
+@pytest.mark.parametrize("path", ["a", "Default/Cookies", "Local State", "a/b.c/d..e", "…/ü"])
+def test_safe_paths_accepted(path: str) -> None:
+    assert check_relative_path(path) == path
+
+
+@pytest.mark.parametrize("path", ["", "/abs", "..", "a/../b", "a/./b", "./a", "a//b", "a/",
+                                  "a\\b", "a\x00b", "a\nb", "x" * 300])
+def test_unsafe_paths_rejected(path: str) -> None:
+    with pytest.raises(UnsafePath):
+        check_relative_path(path)
+
+
+_segment = st.sampled_from(["..", ".", "", "a", "b c", "/", "\\", "\x00", "ü", "..a"])
+
+
+@given(st.lists(_segment, min_size=1, max_size=6).map("/".join))
+def test_accepted_paths_never_escape(path: str) -> None:
+    """Whatever check_relative_path accepts stays inside any root it is joined to."""
+    root = Path("/srv/target")
+    try:
+        check_relative_path(path)
+    except UnsafePath:
+        return
+    resolved = (root / path).resolve(strict=False)
+    assert resolved == root / path
+    assert resolved.is_relative_to(root) and resolved != root
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_any_text_is_accepted_only_if_plain(path: str) -> None:
+    try:
+        check_relative_path(path)
+    except UnsafePath:
+        return
+    parts = path.split("/")
+    assert not path.startswith("/")
+    assert all(p not in ("", ".", "..") for p in parts)
+    assert "\x00" not in path and "\\" not in path
+
+
+def test_singleton_names() -> None:
+    assert is_singleton("SingletonLock") and is_singleton("Default/SingletonCookie")
+    assert not is_singleton("Default/Cookies")
