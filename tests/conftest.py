@@ -47,7 +47,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _local_server_up():
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
         return
-    import pgserver  # noqa: PLC0415
+    import pgserver
 
     # A short path: the server's unix socket lives there.
     data = Path("/tmp") / f"sk-test-pg-{os.getpid()}"

@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.errors import CorruptSnapshot
-from app.snapshot.codec import CHUNK_SIZE, CODEC_RAW, CODEC_ZSTD, Decoder, Encoder, digest, iter_chunks
+from app.snapshot.codec import (
+    CHUNK_SIZE,
+    CODEC_RAW,
+    CODEC_ZSTD,
+    Decoder,
+    Encoder,
+    digest,
+    iter_chunks,
+)
 from app.snapshot.keep import KeepRules, is_immutable, unpaired_service_workers
 from app.snapshot.manifest import DirEntry, FileEntry, Manifest
 from app.snapshot.safepath import UnsafePath, check_relative_path, is_singleton

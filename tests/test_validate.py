@@ -275,17 +275,28 @@ def test_manifest_garbage_in_middle(db_copy: Path) -> None:
     assert not _leveldb_opens(db_copy)
 
 
-def test_manifest_unknown_record_type(db_copy: Path) -> None:
+@pytest.mark.parametrize(
+    ("new_type", "detail"),
+    [
+        (9, "unknown record type 9 at offset {pos}"),
+        (2, "partial record without end at offset {next_pos}"),  # FIRST, then a FULL
+        (3, "missing start of fragmented record at offset {pos}"),  # MIDDLE out of nowhere
+        (4, "missing start of fragmented record at offset {pos}"),  # LAST out of nowhere
+    ],
+)
+def test_manifest_bad_record_type(db_copy: Path, new_type: int, detail: str) -> None:
     manifest = _manifest(db_copy)
     data = bytearray(manifest.read_bytes())
     frags = _fragments(bytes(data))
-    pos, _, _ = frags[len(frags) // 2]
-    data[pos + 6] = 9
+    assert [rtype for _, rtype, _ in frags] == [1] * len(frags)  # one block: all FULL
+    pos, _, length = frags[len(frags) // 2]
+    assert length > 0
+    data[pos + 6] = new_type
     manifest.write_bytes(bytes(data))
-    [problem] = validate_leveldb(db_copy)
-    assert (
-        problem.reason == f"manifest_corrupt {manifest.name} unknown record type 9 at offset {pos}"
-    )
+    expected = detail.format(pos=pos, next_pos=frags[len(frags) // 2 + 1][0])
+    assert validate_leveldb(db_copy) == [
+        Problem(".", f"manifest_corrupt {manifest.name} {expected}")
+    ]
 
 
 def test_manifest_unknown_tag(db_copy: Path) -> None:

@@ -24,6 +24,9 @@ from app.snapshot.manifest import DirEntry
 from app.snapshot.validate import Problem, validate_tree
 
 STAGING_PREFIX = "staging-"
+# Tells this process's staging folders from those of an earlier process with the same pid
+# (containers often reuse the pid of the previous run).
+_PROCESS_TOKEN = uuid.uuid4().hex[:8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +126,55 @@ def _stage_file(src: Path, dst: Path, live: LiveStat, link: bool) -> bool:
     return True
 
 
+def _is_pinned(rel: str) -> bool:
+    """LevelDB logs and MANIFESTs: appended to, then deleted when LevelDB rotates them."""
+    name = rel.rsplit("/", 1)[-1]
+    return name.endswith(".log") or name.startswith("MANIFEST-")
+
+
+def _unpin(path: Path) -> None:
+    """Turn a pinning hard link into an independent copy of the file as it is now."""
+    tmp = path.with_name(path.name + ".sk-copy")
+    shutil.copyfile(path, tmp)
+    st = path.stat()
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    tmp.replace(path)
+
+
+def _catch_up(profile: Path, rules: KeepRules, files: dict[str, LiveStat]) -> dict[str, LiveStat]:
+    """Files that appeared in LevelDB folders since the walk (new tables, logs, MANIFEST)."""
+    folders = {rel.rsplit("/", 1)[0] for rel in files if rel.endswith("/CURRENT")}
+    found: dict[str, LiveStat] = {}
+    for folder in folders:
+        try:
+            entries = list(os.scandir(profile / folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            rel = f"{folder}/{entry.name}"
+            if rel in files or not rules.keeps(rel):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[rel] = LiveStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev,
+                                      stat.S_IMODE(st.st_mode))
+    return found
+
+
 def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
-    """Copy the kept files of profile into staging (which must not exist) as fast as possible."""
+    """Copy the kept files of profile into staging (which must not exist) as fast as possible.
+
+    Order matters for LevelDB. Tables are hard-linked first, and logs and MANIFESTs are
+    pinned by a hard link too: a link keeps a file's data even when a compaction or a log
+    rotation deletes it a moment later. Then CURRENT and the other small files are copied,
+    files that appeared meanwhile in LevelDB folders are picked up, and each pinned log and
+    MANIFEST is turned into a plain copy of its content at that moment (a log may then hold
+    records newer than its MANIFEST, which LevelDB replays). Validation catches what still
+    slipped through, and the capture is retried.
+    """
     started = time.time_ns()
     notes: list[str] = []
     files, dirs = _walk(profile, rules)
@@ -136,19 +186,32 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
         needed_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
     for rel in sorted(needed_dirs):
         (staging / rel).mkdir(exist_ok=True)
-    # Metadata first (CURRENT, MANIFEST, logs), tables and blobs last: the copy spans the
-    # shortest possible window, and validation catches what still moved.
-    order = sorted(files, key=is_immutable)
-    linked = {rel: _stage_file(profile / rel, staging / rel, files[rel], is_immutable(rel))
-              for rel in order}
+
+    def put(rel: str, live: LiveStat) -> bool:
+        link = is_immutable(rel) or _is_pinned(rel)
+        return _stage_file(profile / rel, staging / rel, live, link)
+
+    linked_first = [rel for rel in files if is_immutable(rel) or _is_pinned(rel)]
+    copied = sorted((rel for rel in files if rel not in set(linked_first)),
+                    key=lambda r: r.rsplit("/", 1)[-1] != "CURRENT")
+    present = {rel: put(rel, files[rel]) for rel in [*linked_first, *copied]}
+    # Freeze the MANIFESTs now: every table they name exists at this moment, and is linked
+    # already or picked up right below.
+    for rel in files:
+        if present[rel] and rel.rsplit("/", 1)[-1].startswith("MANIFEST-"):
+            _unpin(staging / rel)
+    late = _catch_up(profile, rules, files)
+    for rel in sorted(late, key=lambda r: not (is_immutable(r) or _is_pinned(r))):
+        files[rel] = late[rel]
+        present[rel] = put(rel, late[rel])
+    for rel in files:
+        if present[rel] and _is_pinned(rel) and (staging / rel).stat().st_nlink > 1:
+            _unpin(staging / rel)
     staged_files = []
     for rel, live in files.items():
-        if not linked[rel]:
+        if not present[rel]:
             continue
-        try:
-            st = (staging / rel).stat()
-        except FileNotFoundError:
-            continue  # consumed by validation (a SQLite journal)
+        st = (staging / rel).stat()
         staged_files.append(StagedFile(rel, st.st_size, live.mode, live, is_immutable(rel)))
     dir_entries = [DirEntry(rel, dirs.get(rel, 0o700)) for rel in sorted(needed_dirs)]
     return StagedTree(staging, staged_files, dir_entries, started, 1, notes)
@@ -176,8 +239,10 @@ def capture(
         raise CaptureInvalid(f"profile directory {profile} does not exist")
     work_dir.mkdir(parents=True, exist_ok=True)
     problems: list[Problem] = []
+    retried: list[str] = []
     for attempt in range(1, attempts + 1):
-        staging = work_dir / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = work_dir / (
+            f"{STAGING_PREFIX}{os.getpid()}-{_PROCESS_TOKEN}-{uuid.uuid4().hex[:8]}")
         try:
             tree = stage(profile, staging, rules)
             problems = validate_tree(staging)
@@ -186,8 +251,10 @@ def capture(
             raise
         if not problems:
             tree.attempts = attempt
+            tree.notes.extend(retried)
             _refresh(tree)
             return tree
+        retried.append(f"capture_retried {problems[0].path}: {problems[0].reason}")
         shutil.rmtree(staging, ignore_errors=True)
         if attempt < attempts:
             time.sleep(retry_delay * attempt)
@@ -202,5 +269,22 @@ def clear_stale_staging(work_dir: Path) -> None:
     if not work_dir.is_dir():
         return
     for entry in work_dir.iterdir():
-        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
+        if not (entry.name.startswith(STAGING_PREFIX) and entry.is_dir()):
+            continue
+        pid, _, rest = entry.name[len(STAGING_PREFIX):].partition("-")
+        if pid == str(os.getpid()):
+            if rest.startswith(_PROCESS_TOKEN):
+                continue  # a capture of this very process is under way
+        elif pid.isdigit() and _alive(int(pid)):
+            continue  # another live process is capturing right now
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
