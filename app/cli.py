@@ -91,11 +91,12 @@ async def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> dict[st
 
 async def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Snapshot a profile directory."""
-    if not args.profile.is_dir():
-        raise UserError(f"profile directory {args.profile} does not exist")
+    profile = args.profile or settings.profile_dir
+    if not profile.is_dir():
+        raise UserError(f"profile directory {profile} does not exist")
     async with open_pool(settings) as pool:
         with _progress(args) as progress:
-            result = await save_snapshot(pool, args.session, args.profile,
+            result = await save_snapshot(pool, args.session, profile,
                                          VaultOptions.from_settings(settings),
                                          kind="manual", progress=progress)
     return result.as_json()
@@ -105,7 +106,8 @@ async def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str,
     """Restore a generation into a profile directory."""
     async with open_pool(settings) as pool:
         with _progress(args) as progress:
-            result = await restore_profile(pool, args.session, args.profile,
+            result = await restore_profile(pool, args.session,
+                                           args.profile or settings.profile_dir,
                                            generation=args.generation, progress=progress)
     return result.as_json()
 
@@ -184,10 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         "session", type=_session)
     p = add("snapshot", cmd_snapshot, "snapshot a profile directory into a session")
     p.add_argument("session", type=_session)
-    p.add_argument("--profile", type=Path, required=True, help="Chromium user-data-dir")
+    p.add_argument("--profile", type=Path,
+                   help="Chromium user-data-dir (default: SESSIONKEEPER_PROFILE_DIR)")
     p = add("restore", cmd_restore, "restore a session into a profile directory")
     p.add_argument("session", type=_session)
-    p.add_argument("--profile", type=Path, required=True, help="Chromium user-data-dir")
+    p.add_argument("--profile", type=Path,
+                   help="Chromium user-data-dir (default: SESSIONKEEPER_PROFILE_DIR)")
     p.add_argument("--generation", type=_positive, help="a named generation (default: newest)")
     p = add("export", cmd_export, "write one generation to a portable file")
     p.add_argument("session", type=_session)

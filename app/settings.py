@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         default=Path(".sessionkeeper"),
-        description="Local state: the embedded PostgreSQL, stat cache, staging.",
+        description="Local state (the embedded PostgreSQL lives in its `pgdata`).",
     )
     db_connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to wait for the database at connect.",

@@ -80,7 +80,8 @@ def test_full_cycle(cli_env: dict[str, str], profile: ProfileTree, tmp_path: Pat
     (["restore", "../etc", "--profile", "/tmp/x"], 2, "invalid session id"),
     (["prune", "s", "--keep", "0"], 2, "expected an integer >= 1"),
     (["restore", "s", "--profile", "/tmp/x", "--generation", "abc"], 2, "integer"),
-    (["snapshot", "s"], 2, "--profile"),
+    (["snapshot", "s"], 1, "does not exist"),
+    (["snapshot"], 2, "session"),
     (["frobnicate"], 2, "invalid choice"),
 ])
 def test_bad_input_is_one_line(cli_env: dict[str, str], args: list[str], code: int,
@@ -139,3 +140,25 @@ def test_python_dash_m_and_console_script_agree() -> None:
                        env={**os.environ})
     assert a.returncode == b.returncode == 0
     assert a.stdout.replace("__main__.py", "sessionkeeper") == b.stdout
+
+
+def test_profile_dir_setting_is_the_default(cli_env: dict[str, str], profile: ProfileTree,
+                                            tmp_path: Path) -> None:
+    env = {**cli_env, "SESSIONKEEPER_PROFILE_DIR": str(profile.root)}
+    assert run_json(env, "snapshot", "s1")["generation"] == 1
+    env["SESSIONKEEPER_PROFILE_DIR"] = str(tmp_path / "restored-here")
+    assert run_json(env, "restore", "s1")["generation"] == 1
+    assert (tmp_path / "restored-here" / "Local State").is_file()
+
+
+def test_embedded_database_without_database_url(tmp_path: Path, profile: ProfileTree) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k != "DATABASE_URL" and not k.startswith("SESSIONKEEPER_")}
+    env.update(SESSIONKEEPER_DATA_DIR=str(tmp_path / "st"), SESSIONKEEPER_LOG_FORMAT="json")
+    proc = run(env, "snapshot", "emb", "--profile", str(profile.root), "--json")
+    assert json.loads(proc.stdout)["generation"] == 1
+    assert '"event": "embedded_database"' in proc.stderr and "local use only" in proc.stderr
+    assert (tmp_path / "st" / "pgdata" / "PG_VERSION").is_file()
+    # The server stopped with the process; the next command starts it again and finds the data.
+    out = run_json(env, "snapshots", "emb")
+    assert [g["generation"] for g in out["generations"]] == [1]  # type: ignore[index]
