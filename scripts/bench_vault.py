@@ -100,8 +100,8 @@ def bench_size(size_mb: int, runs: int, base_url: str, work: Path) -> dict[str, 
     tree_root = work / f"profile-{size_mb}"
     shutil.rmtree(tree_root, ignore_errors=True)
     blob_count = max(4, size_mb // 5)
-    tree = build_profile(tree_root, idb_bytes=size_mb * MiB * 3 // 4, blob_count=blob_count,
-                         blob_size=size_mb * MiB // 4 // blob_count)
+    build_profile(tree_root, idb_bytes=size_mb * MiB * 3 // 4, blob_count=blob_count,
+                  blob_size=size_mb * MiB // 4 // blob_count)
     profile_bytes = sum(p.stat().st_size for p in tree_root.rglob("*") if p.is_file())
     for run in range(runs):
         name = f"sk_bench_{uuid.uuid4().hex[:8]}"
@@ -187,7 +187,9 @@ def main() -> None:
     base = server_url()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     results = []
-    with tempfile.TemporaryDirectory(dir=ROOT / ".sessionkeeper" if (ROOT / ".sessionkeeper").is_dir() else None) as tmp:
+    scratch = ROOT / ".sessionkeeper"
+    scratch.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             print(f"size {size} MB: {args.runs} runs", file=sys.stderr, flush=True)
             results.append(bench_size(size, args.runs, base, Path(tmp)))

@@ -41,7 +41,7 @@ def test_unpaired_service_worker_is_dropped(profile: ProfileTree, tmp_path: Path
     (profile.root / SW_SCRIPTS).rmdir()
     tree = capture(profile.root, tmp_path / "work", KeepRules())
     assert not any(f.path.startswith(SW_DB) for f in tree.files)
-    assert any("service_worker_unpaired" in n for n in tree.notes)
+    assert {"event": "service_worker_unpaired", "profile": "Default"} in tree.notes
 
 
 def test_torn_copy_is_retried(profile: ProfileTree, tmp_path: Path,
@@ -99,7 +99,7 @@ def test_captures_while_leveldb_writes_are_consistent(tmp_path: Path) -> None:
             tree = capture(live, tmp_path / "work", KeepRules(), attempts=10, retry_delay=0.01)
             assert validate_tree(tree.root) == []
             attempts.append(tree.attempts)
-            reasons.extend(tree.notes)
+            reasons.extend(str(n) for n in tree.notes)
             # The staged copy opens as a LevelDB with the data in it.
             copy = plyvel.DB(str(tree.root / IDB))
             assert copy.get(b"k00000000") is not None

@@ -60,12 +60,15 @@ async def test_restore_defaults_to_newest_and_replaces_existing_dir(
     target = tmp_path / "target"
     target.mkdir()
     (target / "stale-file").write_text("from an older life")
+    crashed = tmp_path / ".target.restore-deadbeef"  # left by a restore that was killed
+    crashed.mkdir()
+    (crashed / "half").write_text("x")
     result = await restore_profile(pool, "s1", target)
     assert result.generation == 2
     assert not (target / "stale-file").exists()
     assert (target / BLOBS / "1" / "00" / "new").exists()
     assert tree_files(target) == kept_files(profile.root)
-    # No restore leftovers beside the target.
+    # No restore leftovers beside the target, not even those of an earlier crash.
     assert sorted(p.name for p in tmp_path.iterdir() if ".restore-" in p.name) == []
 
 

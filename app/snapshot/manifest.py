@@ -58,6 +58,14 @@ class Manifest:
         """Every distinct chunk digest the manifest references."""
         return {d for f in self.files for d in f.chunks}
 
+    def chunk_sizes(self) -> dict[bytes, int]:
+        """Raw size of every referenced chunk (CHUNK_SIZE, or less for a file's last one)."""
+        sizes: dict[bytes, int] = {}
+        for f in self.files:
+            for n, d in enumerate(f.chunks):
+                sizes[d] = min(f.size - n * CHUNK_SIZE, CHUNK_SIZE)
+        return sizes
+
     def content_digest(self) -> bytes:
         """Identity of the content (paths, modes, sizes, chunks; not mtimes).
 

@@ -60,7 +60,8 @@ class StagedTree:
     dirs: list[DirEntry]
     started_ns: int
     attempts: int
-    notes: list[str] = field(default_factory=list)
+    # Structured events for the log: {"event": ..., **fields}.
+    notes: list[dict[str, object]] = field(default_factory=list)
 
 
 def work_dir_for(profile: Path) -> Path:
@@ -98,9 +99,11 @@ def _walk(profile: Path, rules: KeepRules) -> tuple[dict[str, LiveStat], dict[st
     return files, dirs
 
 
-def _drop_unpaired(files: dict[str, LiveStat], dirs: dict[str, int], notes: list[str]) -> None:
+def _drop_unpaired(
+    files: dict[str, LiveStat], dirs: dict[str, int], notes: list[dict[str, object]]
+) -> None:
     for prof in unpaired_service_workers(files):
-        notes.append(f"service_worker_unpaired {prof}")
+        notes.append({"event": "service_worker_unpaired", "profile": prof})
         for rel in [r for r in files if in_service_worker(r, prof)]:
             del files[rel]
         for rel in [r for r in dirs if in_service_worker(r, prof)]:
@@ -176,7 +179,7 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
     slipped through, and the capture is retried.
     """
     started = time.time_ns()
-    notes: list[str] = []
+    notes: list[dict[str, object]] = []
     files, dirs = _walk(profile, rules)
     _drop_unpaired(files, dirs, notes)
     staging.mkdir(parents=True)
@@ -239,7 +242,7 @@ def capture(
         raise CaptureInvalid(f"profile directory {profile} does not exist")
     work_dir.mkdir(parents=True, exist_ok=True)
     problems: list[Problem] = []
-    retried: list[str] = []
+    retried: list[dict[str, object]] = []
     for attempt in range(1, attempts + 1):
         staging = work_dir / (
             f"{STAGING_PREFIX}{os.getpid()}-{_PROCESS_TOKEN}-{uuid.uuid4().hex[:8]}")
@@ -254,7 +257,9 @@ def capture(
             tree.notes.extend(retried)
             _refresh(tree)
             return tree
-        retried.append(f"capture_retried {problems[0].path}: {problems[0].reason}")
+        retried.append({"event": "capture_retried", "attempt": attempt,
+                        "path": problems[0].path, "reason": problems[0].reason,
+                        "problems": len(problems)})
         shutil.rmtree(staging, ignore_errors=True)
         if attempt < attempts:
             time.sleep(retry_delay * attempt)

@@ -191,10 +191,7 @@ async def import_generation(
     except CorruptSnapshot as exc:
         raise CorruptSnapshot(f"{file}: {exc}") from None
     manifest = Manifest.from_bytes(packed)
-    sizes: dict[bytes, int] = {}
-    for f in manifest.files:
-        for n, d in enumerate(f.chunks):
-            sizes[d] = min(f.size - n * CHUNK_SIZE, CHUNK_SIZE)
+    sizes = manifest.chunk_sizes()
     decoder = Decoder()
     chunks_new = uploaded = 0
     login_state = header.get("login_state") if header.get("login_state") in ("ready", "qr") \

@@ -26,7 +26,7 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import CHUNK_SIZE, Decoder
+from app.snapshot.codec import Decoder
 from app.snapshot.manifest import FileEntry, Manifest
 from app.snapshot.safepath import is_singleton
 from app.snapshot.staging import work_dir_for
@@ -132,10 +132,7 @@ async def materialize(
     writer = _TreeWriter(target, files)
     decoder = Decoder()
     refs = [(i, d) for i, f in enumerate(files) for d in f.chunks]
-    sizes = {}
-    for f in files:
-        for n, d in enumerate(f.chunks):
-            sizes[d] = min(f.size - n * CHUNK_SIZE, CHUNK_SIZE)
+    sizes = manifest.chunk_sizes()
     progress.start("restore", manifest.bytes_raw)
     for start in range(0, len(refs), BATCH_CHUNKS):
         window = refs[start : start + BATCH_CHUNKS]
@@ -187,6 +184,14 @@ def swap_into_place(fresh: Path, target: Path) -> None:
         old.unlink()
 
 
+def _clear_leftovers(profile: Path) -> None:
+    """Remove half-written trees of a restore or swap that was interrupted."""
+    for prefix in (f".{profile.name}.restore-", f".{profile.name}.old-"):
+        for path in profile.parent.glob(f"{prefix}*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manifest) -> None:
     """Record the restored files' stats so the next snapshot need not re-read them."""
     cache = StatCache(session_id, generation)
@@ -210,6 +215,7 @@ async def restore_profile(
     started = time.monotonic()
     profile = profile.absolute()
     profile.parent.mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(_clear_leftovers, profile)
     skipped: list[dict[str, Any]] = []
     async with pool.acquire() as conn, repo.chunk_lock_shared(conn, session_id):
         if not await repo.session_exists(conn, session_id):

@@ -143,7 +143,8 @@ async def save_snapshot(
         capture, profile, work, options.rules, options.capture_attempts
     )
     for note in tree.notes:
-        log.warning("capture_note", note=note)
+        fields = dict(note)
+        log.warning(str(fields.pop("event")), **fields)
     try:
         cache_path = StatCache.path_for(work, session_id)
         cache = StatCache.load(cache_path, session_id)
