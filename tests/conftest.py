@@ -44,7 +44,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("TEST_DATABASE_URL"):
         yield os.environ["TEST_DATABASE_URL"]
         return
-    if _local_server_up():
+    if _local_server_up() and not os.environ.get("SK_TEST_EMBEDDED"):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
         return
     import pgserver
