@@ -8,7 +8,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+import app.vault.save as save_mod
+import app.vault.statcache as statcache
+from app.settings import Settings
 from app.snapshot.keep import KeepRules
+from app.store.db import open_pool
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_profile
 from app.vault.save import save_snapshot
@@ -93,9 +97,6 @@ async def test_unchanged_files_are_not_reread(
     pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import app.vault.save as save_mod
-    import app.vault.statcache as statcache
-
     # Files written "just now" are racily clean and would be re-read: age the tree.
     monkeypatch.setattr(statcache, "RACY_NS", 0)
     await save_snapshot(pool, "s1", profile.root, options)
@@ -162,3 +163,18 @@ async def test_snapshot_of_restored_profile_is_unchanged(
     shutil.rmtree(profile.root)
     again = await save_snapshot(pool, "s1", target, options)
     assert not again.changed and again.bytes_uploaded == 0
+
+
+async def test_stat_cache_is_not_trusted_against_another_database(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wiped or swapped database: the local cache must not make us skip any upload."""
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
+    await save_snapshot(pool, "s1", profile.root, options)
+    other = Settings(database_url=empty_database_url, data_dir=tmp_path / "st2")  # type: ignore[arg-type]
+    async with open_pool(other) as pool2:
+        result = await save_snapshot(pool2, "s1", profile.root, options)
+        assert result.changed and result.generation == 1 and result.chunks_reused == 0
+        await restore_profile(pool2, "s1", tmp_path / "from-second")
+    assert tree_files(tmp_path / "from-second") == kept_files(profile.root)

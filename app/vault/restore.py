@@ -194,7 +194,8 @@ def _clear_leftovers(profile: Path) -> None:
 
 def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manifest) -> None:
     """Record the restored files' stats so the next snapshot need not re-read them."""
-    cache = StatCache(session_id, generation)
+    cache = StatCache(session_id)
+    cache.belongs_to(generation, manifest.content_digest())
     now = time.time_ns()
     for f in manifest.files:
         try:

@@ -152,7 +152,6 @@ async def save_snapshot(
                                   progress, started)
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
-    cache.generation = result.generation
     await anyio.to_thread.run_sync(cache.save, cache_path)
     if result.changed:
         log.info("snapshot_committed", **result.as_json())
@@ -168,15 +167,6 @@ async def _save_tree(
     options: VaultOptions, kind: str, login_state: str | None, progress: ProgressSink,
     started: float,
 ) -> SaveResult:
-    entries: dict[str, FileEntry] = {}
-    pending = []
-    for f in tree.files:
-        chunks = cache.lookup(f)
-        if chunks is None:
-            pending.append(f)
-        else:
-            entries[f.path] = FileEntry(f.path, f.mode, f.size, f.live.mtime_ns, chunks)
-
     def result(changed: bool, manifest: Manifest, generation: int | None,
                uploader: _Uploader | None) -> SaveResult:
         total = len(manifest.digests())
@@ -193,6 +183,16 @@ async def _save_tree(
     async with pool.acquire() as conn:
         await repo.ensure_session(conn, session_id)
         latest = await repo.latest_generation(conn, session_id)
+        if latest is None or not cache.matches(latest.generation, latest.content_digest):
+            cache.entries.clear()
+        entries: dict[str, FileEntry] = {}
+        pending = []
+        for f in tree.files:
+            chunks = cache.lookup(f)
+            if chunks is None:
+                pending.append(f)
+            else:
+                entries[f.path] = FileEntry(f.path, f.mode, f.size, f.live.mtime_ns, chunks)
         if not pending:
             manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
             if latest is not None and manifest.content_digest() == latest.content_digest:
@@ -207,13 +207,17 @@ async def _save_tree(
             await uploader.flush()
             manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
             for f in tree.files:
-                cache.record(f.path, (f.live.size, f.live.mtime_ns, f.live.ino, f.live.dev),
-                             entries[f.path].chunks, tree.started_ns)
+                entry = entries[f.path]
+                if entry.size == f.live.size:  # else it grew while being staged
+                    cache.record(f.path, (f.live.size, f.live.mtime_ns, f.live.ino, f.live.dev),
+                                 entry.chunks, tree.started_ns)
             if latest is not None and manifest.content_digest() == latest.content_digest:
+                cache.belongs_to(latest.generation, latest.content_digest)
                 return result(False, manifest, latest.generation, uploader)
             generation, uploader.bytes_uploaded = await commit_manifest(
                 conn, session_id, manifest, level=options.zstd_level, kind=kind,
                 login_state=login_state, chunks_new=uploader.chunks_new,
                 bytes_uploaded=uploader.bytes_uploaded, started=started,
             )
+            cache.belongs_to(generation, manifest.content_digest())
             return result(True, manifest, generation, uploader)

@@ -24,7 +24,19 @@ class StatCache:
 
     session_id: str
     generation: int | None = None
+    # Content digest of that generation: a cache is only trusted for the very generation it was
+    # written for (the database may have been wiped or swapped since).
+    content_digest: str | None = None
     entries: dict[str, tuple[int, int, int, int, tuple[bytes, ...]]] = field(default_factory=dict)
+
+    def matches(self, generation: int, content_digest: bytes) -> bool:
+        """True if this cache describes that committed generation."""
+        return self.generation == generation and self.content_digest == content_digest.hex()
+
+    def belongs_to(self, generation: int | None, content_digest: bytes | None) -> None:
+        """Mark the cache as describing a committed generation."""
+        self.generation = generation
+        self.content_digest = content_digest.hex() if content_digest else None
 
     @staticmethod
     def path_for(work_dir: Path, session_id: str) -> Path:
@@ -43,7 +55,7 @@ class StatCache:
                 packed = bytes.fromhex(hexed)
                 chunks = tuple(packed[i : i + _DIGEST] for i in range(0, len(packed), _DIGEST))
                 entries[rel] = (size, mtime, ino, dev, chunks)
-            return cls(session_id, doc.get("generation"), entries)
+            return cls(session_id, doc.get("generation"), doc.get("content_digest"), entries)
         except (OSError, ValueError, KeyError, TypeError):
             return cls(session_id)
 
@@ -70,6 +82,7 @@ class StatCache:
         doc = {
             "session_id": self.session_id,
             "generation": self.generation,
+            "content_digest": self.content_digest,
             "entries": {
                 rel: [size, mtime, ino, dev, b"".join(chunks).hex()]
                 for rel, (size, mtime, ino, dev, chunks) in self.entries.items()
