@@ -19,6 +19,7 @@ from app.errors import CorruptSnapshot, NotFound
 from app.progress import NullProgress
 from app.snapshot.codec import CHUNK_SIZE
 from app.snapshot.manifest import Manifest
+from app.vault.manifests import open_manifest
 from app.vault.options import VaultOptions
 from app.vault.restore import materialize, restore_profile
 from app.vault.save import save_snapshot
@@ -57,7 +58,8 @@ async def _corrupt_chunk_of(pool: asyncpg.Pool, session: str, generation: int) -
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT generation, manifest FROM snapshots WHERE session_id=$1",
                                 session)
-        digests = {r["generation"]: Manifest.from_bytes(r["manifest"]).digests() for r in rows}
+        digests = {r["generation"]: (await open_manifest(conn, session, r["manifest"])).referenced()
+                   for r in rows}
         others = set().union(*(d for g, d in digests.items() if g != generation))
         only = next(iter(digests[generation] - others))
         await conn.execute(

@@ -8,8 +8,8 @@ import anyio
 import asyncpg
 import pytest
 
-from app.snapshot.manifest import Manifest
 from app.store import repo
+from app.vault.manifests import open_manifest
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_profile
 from app.vault.retention import collect_garbage, prune
@@ -23,7 +23,7 @@ async def _referenced_and_stored(pool: asyncpg.Pool, session: str) -> tuple[set[
     async with pool.acquire() as conn:
         referenced: set[bytes] = set()
         for packed in await repo.all_manifests(conn, session):
-            referenced |= Manifest.from_bytes(packed).digests()
+            referenced |= (await open_manifest(conn, session, packed)).referenced()
         return referenced, set(await repo.stored_digests(conn, session))
 
 

@@ -171,11 +171,30 @@ def _manifest() -> Manifest:
 
 def test_manifest_round_trip() -> None:
     m = _manifest()
-    back = Manifest.from_bytes(m.to_bytes())
+    back = Manifest.from_bytes(m.pack().data)
     assert sorted(back.files, key=lambda f: f.path) == sorted(m.files, key=lambda f: f.path)
     assert back.dirs == m.dirs
     assert back.content_digest() == m.content_digest()
     assert back.bytes_raw == CHUNK_SIZE + 1
+
+
+def test_big_files_keep_their_chunk_list_in_a_list_object() -> None:
+    chunks = tuple(digest(bytes([i, j])) for i in range(3) for j in range(10))  # 30 chunks
+    big = FileEntry("Default/IndexedDB/x.leveldb/000005.ldb", 0o600, 30 * CHUNK_SIZE, 1, chunks)
+    m = Manifest(files=[big, *_manifest().files], dirs=_manifest().dirs)
+    packed = m.pack()
+    assert len(packed.lists) == 1
+    (ref, raw), = packed.lists.items()
+    assert raw == b"".join(chunks) and ref == digest(raw)
+    assert len(packed.data) < 400  # the manifest names the list, not 30 digests
+    with pytest.raises(CorruptSnapshot, match="missing"):
+        Manifest.from_bytes(packed.data)
+    back = Manifest.from_bytes(packed.data, packed.lists)
+    assert back.content_digest() == m.content_digest()
+    with pytest.raises(CorruptSnapshot, match="chunk count"):
+        Manifest.from_bytes(packed.data, {ref: raw[:-32]})
+    # Unchanged big files give the same list object in every generation.
+    assert Manifest(files=[big], dirs=[]).pack().lists == {ref: raw}
 
 
 def test_content_digest_ignores_mtime_not_content() -> None:

@@ -25,19 +25,20 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import CHUNK_SIZE, CODECS, Decoder
-from app.snapshot.manifest import Manifest
+from app.snapshot.codec import CODECS, Decoder
+from app.snapshot.manifest import ManifestDoc
 from app.store import repo
 from app.vault.commit import commit_manifest
+from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS
-from app.vault.restore import load_manifest
 
 EXPORT_FORMAT = "sessionkeeper-export"
 EXPORT_VERSION = 1
 HEADER_NAME = "sessionkeeper-export.json"
 MANIFEST_NAME = "manifest.zst"
 _CHUNK_NAME = re.compile(r"^chunks/([0-9a-f]{64})\.([a-z0-9+-]+)$")
-_MAX_MEMBER = 4 * CHUNK_SIZE
+# A chunk is at most CHUNK_SIZE; a list object holds 32 bytes per chunk of a file.
+_MAX_MEMBER = 64 * 1024 * 1024
 _MAX_META = 256 * 1024 * 1024
 
 
@@ -65,17 +66,19 @@ async def export_generation(
             (g for g in generations if g.generation == generation), None)
         if info is None:
             raise NotFound(f"session {session_id!r} has no generation {generation}")
-        manifest = await load_manifest(conn, session_id, info.generation)
+        opened = await load_manifest(conn, session_id, info.generation)
         found = await repo.fetch_manifest(conn, session_id, info.generation)
         assert found is not None
         packed, checksum = found
+        # List objects first: an importer learns every chunk digest before the chunks come.
+        digests = list(dict.fromkeys(
+            [*opened.lists, *(d for f in opened.manifest.files for d in f.chunks)]))
         header = {
             "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "session_id": session_id,
             "generation": info.generation, "created_at": info.created_at.isoformat(),
             "kind": info.kind, "login_state": info.login_state,
-            "manifest_sha256": checksum.hex(), "chunks": len(manifest.digests()),
+            "manifest_sha256": checksum.hex(), "objects": len(digests),
         }
-        digests = list(dict.fromkeys(d for f in manifest.files for d in f.chunks))
         try:
             tar = await anyio.to_thread.run_sync(
                 lambda: tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT))
@@ -190,13 +193,18 @@ async def import_generation(
         reader, header, packed = await anyio.to_thread.run_sync(_open_reader, file)
     except CorruptSnapshot as exc:
         raise CorruptSnapshot(f"{file}: {exc}") from None
-    manifest = Manifest.from_bytes(packed)
-    sizes = manifest.chunk_sizes()
+    doc = ManifestDoc.parse(packed)
+    # Sizes of the objects we accept: list objects first; chunks once the lists are in.
+    sizes = dict(doc.list_refs)
+    lists: dict[bytes, bytes] = {}
+    manifest = None if doc.list_refs else doc.resolve({})
+    if manifest is not None:
+        sizes.update(manifest.chunk_sizes())
     decoder = Decoder()
     chunks_new = uploaded = 0
     login_state = header.get("login_state") if header.get("login_state") in ("ready", "qr") \
         else None
-    progress.start("import", len(sizes))
+    progress.start("import", int(header.get("objects") or 0))
     try:
         async with pool.acquire() as conn:
             await repo.ensure_session(conn, session_id)
@@ -205,14 +213,21 @@ async def import_generation(
                     for d, codec, data in batch:
                         if d not in sizes:
                             raise CorruptSnapshot(f"chunk {d.hex()[:12]} is not in the manifest")
-                        decoder.decode(codec, data, sizes[d], d)
+                        raw = decoder.decode(codec, data, sizes[d], d)
+                        if d in doc.list_refs:
+                            lists[d] = raw
+                            if len(lists) == len(doc.list_refs):
+                                manifest = doc.resolve(lists)
+                                sizes.update(manifest.chunk_sizes())
                     present = await repo.existing_digests(conn, session_id, [b[0] for b in batch])
                     rows = [(d, sizes[d], codec, data) for d, codec, data in batch
                             if d not in present]
                     await repo.insert_chunks(conn, session_id, rows)
-                    chunks_new += len(rows)
+                    chunks_new += sum(1 for r in rows if r[0] not in doc.list_refs)
                     uploaded += sum(len(r[3]) for r in rows)
                     progress.advance(len(batch))
+                if manifest is None:
+                    raise CorruptSnapshot("list objects are missing")
                 latest = await repo.latest_generation(conn, session_id)
                 if latest is not None and latest.content_digest == manifest.content_digest():
                     generation, changed = latest.generation, False

@@ -9,20 +9,24 @@ from app.errors import CorruptSnapshot
 from app.snapshot.manifest import FORMAT_VERSION, Manifest
 from app.store import repo
 from app.store.repo import Conn
+from app.vault.manifests import store_lists
 
 
 async def commit_manifest(
     conn: Conn, session_id: str, manifest: Manifest, *, level: int, kind: str,
     login_state: str | None, chunks_new: int, bytes_uploaded: int, started: float,
 ) -> tuple[int, int]:
-    """Check every chunk is stored, then insert the generation; returns (generation, bytes).
+    """Store the list objects, check every chunk is stored, insert the generation.
+
+    Returns (generation, bytes uploaded including the manifest and its list objects).
 
     The caller holds the session's chunk lock shared, so nothing it counted on can vanish;
     the count is a last check that the generation never names a missing chunk.
     """
-    packed = manifest.to_bytes(level)
-    distinct = list(manifest.digests())
-    uploaded = bytes_uploaded + len(packed)
+    packed = manifest.pack(level)
+    uploaded = bytes_uploaded + len(packed.data)
+    uploaded += await store_lists(conn, session_id, packed, level)
+    distinct = list(manifest.digests() | set(packed.lists))
     async with conn.transaction():
         present = await repo.count_present(conn, session_id, distinct)
         if present != len(distinct):
@@ -31,13 +35,13 @@ async def commit_manifest(
             )
         generation, _ = await repo.commit_generation(conn, {
             "session_id": session_id, "kind": kind, "login_state": login_state,
-            "format_version": FORMAT_VERSION, "manifest": packed,
-            "manifest_sha256": hashlib.sha256(packed).digest(),
+            "format_version": FORMAT_VERSION, "manifest": packed.data,
+            "manifest_sha256": hashlib.sha256(packed.data).digest(),
             "content_digest": manifest.content_digest(), "files": len(manifest.files),
             "bytes_raw": manifest.bytes_raw,
             "bytes_stored": await repo.stored_size(conn, session_id, distinct),
-            "bytes_uploaded": uploaded, "chunks_total": len(distinct),
-            "chunks_new": chunks_new, "chunks_reused": len(distinct) - chunks_new,
+            "bytes_uploaded": uploaded, "chunks_total": len(manifest.digests()),
+            "chunks_new": chunks_new, "chunks_reused": len(manifest.digests()) - chunks_new,
             "duration_ms": int((time.monotonic() - started) * 1000),
         })
     return generation, uploaded

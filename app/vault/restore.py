@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import os
 import shutil
 import time
@@ -32,6 +31,7 @@ from app.snapshot.safepath import is_singleton
 from app.snapshot.staging import work_dir_for
 from app.store import repo
 from app.store.repo import Conn
+from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS
 from app.vault.statcache import StatCache
 
@@ -53,17 +53,6 @@ class RestoreResult:
     def as_json(self) -> dict[str, Any]:
         """Plain fields for --json output."""
         return asdict(self)
-
-
-async def load_manifest(conn: Conn, session_id: str, generation: int) -> Manifest:
-    """The checked manifest of a generation."""
-    found = await repo.fetch_manifest(conn, session_id, generation)
-    if found is None:
-        raise NotFound(f"session {session_id!r} has no generation {generation}")
-    packed, expected = found
-    if hashlib.sha256(packed).digest() != expected:
-        raise CorruptSnapshot(f"generation {generation}: manifest checksum mismatch")
-    return Manifest.from_bytes(packed)
 
 
 class _TreeWriter:
@@ -230,7 +219,7 @@ async def restore_profile(
         for gen in candidates:
             fresh = profile.parent / f".{profile.name}.restore-{uuid.uuid4().hex[:8]}"
             try:
-                manifest = await load_manifest(conn, session_id, gen)
+                manifest = (await load_manifest(conn, session_id, gen)).manifest
                 await materialize(conn, session_id, manifest, fresh, progress)
             except (CorruptSnapshot, OSError) as exc:
                 await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)

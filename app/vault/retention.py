@@ -14,9 +14,9 @@ import asyncpg
 
 from app.errors import CorruptSnapshot
 from app.log import get_logger
-from app.snapshot.manifest import Manifest
 from app.store import repo
 from app.store.repo import Conn
+from app.vault.manifests import open_manifest
 
 _DELETE_BATCH = 1000
 
@@ -44,7 +44,7 @@ async def collect_garbage(conn: Conn, session_id: str) -> int | None:
         referenced: set[bytes] = set()
         for packed in await repo.all_manifests(conn, session_id):
             try:
-                referenced |= Manifest.from_bytes(packed).digests()
+                referenced |= (await open_manifest(conn, session_id, packed)).referenced()
             except CorruptSnapshot:
                 # A manifest we cannot read may still name chunks: delete nothing.
                 get_logger(session_id=session_id).error("gc_skipped_unreadable_manifest")

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import anyio
 import asyncpg
 
-from app.errors import CorruptSnapshot
+from app.errors import CorruptSnapshot, NotFound
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.snapshot.codec import CHUNK_SIZE, Encoder, digest
@@ -24,6 +24,7 @@ from app.snapshot.staging import StagedTree, capture, clear_stale_staging, work_
 from app.store import repo
 from app.store.repo import Conn
 from app.vault.commit import commit_manifest
+from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS, VaultOptions
 from app.vault.retention import prune
 from app.vault.statcache import StatCache
@@ -119,12 +120,9 @@ async def _known_digests(conn: Conn, session_id: str,
                          latest: repo.GenerationInfo | None) -> set[bytes]:
     if latest is None:
         return set()
-    found = await repo.fetch_manifest(conn, session_id, latest.generation)
-    if found is None:
-        return set()
     try:
-        return Manifest.from_bytes(found[0]).digests()
-    except CorruptSnapshot:
+        return (await load_manifest(conn, session_id, latest.generation)).referenced()
+    except (CorruptSnapshot, NotFound):
         return set()  # not trusted: every chunk is checked against the table instead
 
 
