@@ -83,6 +83,8 @@ def test_full_cycle(cli_env: dict[str, str], profile: ProfileTree, tmp_path: Pat
     (["snapshot", "s"], 1, "does not exist"),
     (["snapshot"], 2, "session"),
     (["frobnicate"], 2, "invalid choice"),
+    (["restore", "s", "--profile", "/etc/hostname"], 1, "is not a directory"),
+    (["restore", "s", "--profile", "/"], 1, "name a profile directory"),
 ])
 def test_bad_input_is_one_line(cli_env: dict[str, str], args: list[str], code: int,
                                needle: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from app.errors import CorruptSnapshot, NotFound
+from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.snapshot.codec import Decoder
@@ -204,6 +204,10 @@ async def restore_profile(
     progress = progress or NullProgress()
     started = time.monotonic()
     profile = profile.absolute()
+    if not profile.name or profile == profile.parent:
+        raise UserError(f"cannot restore into {profile}: name a profile directory")
+    if profile.exists() and not profile.is_dir():
+        raise UserError(f"cannot restore into {profile}: it exists and is not a directory")
     profile.parent.mkdir(parents=True, exist_ok=True)
     await anyio.to_thread.run_sync(_clear_leftovers, profile)
     skipped: list[dict[str, Any]] = []
