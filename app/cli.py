@@ -32,7 +32,8 @@ from app.vault.restore import restore_profile
 from app.vault.retention import prune
 from app.vault.save import save_snapshot
 
-Handler = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
+# A handler returns the JSON object to print, or an exit code (the daemon).
+Handler = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any] | int]]
 Printer = Callable[[dict[str, Any]], None]
 
 
@@ -145,6 +146,45 @@ async def cmd_delete(args: argparse.Namespace, settings: Settings) -> dict[str, 
     return {"session_id": args.session, "deleted": True}
 
 
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from app.supervisor import run_daemon  # noqa: PLC0415  (Playwright loads only here)
+
+    return await run_daemon(settings)
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo target, with its own session and profile unless set explicitly."""
+    update: dict[str, Any] = {"target": "demo"}
+    if "session_id" not in settings.model_fields_set:
+        update["session_id"] = "demo"
+    if "profile_dir" not in settings.model_fields_set:
+        update["profile_dir"] = settings.data_dir / "demo-profile"
+    return settings.model_copy(update=update)
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | int:
+    """`demo`: the daemon on the demo site; `demo link`: approve the QR code it shows."""
+    if args.action == "link":
+        return await _demo_link(settings.demo_port)
+    return await cmd_run(args, demo_settings(settings))
+
+
+async def _demo_link(port: int) -> dict[str, Any]:
+    import aiohttp  # noqa: PLC0415
+
+    url = f"http://127.0.0.1:{port}/api/link"
+    try:
+        async with aiohttp.ClientSession() as http, http.post(url, json={}) as response:
+            body: dict[str, Any] = await response.json()
+    except aiohttp.ClientError as exc:
+        raise UserError(f"no demo site at 127.0.0.1:{port} ({exc}); start `sessionkeeper demo` "
+                        "first (SESSIONKEEPER_DEMO_PORT sets the port)") from None
+    if not body.get("linked"):
+        raise UserError(f"the demo site refused the link: {body.get('error', body)}")
+    return body
+
+
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("(none)")
@@ -180,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    add("run", cmd_run, "run the daemon: restore, keep Chromium logged in, snapshot, "
+        "flush on SIGTERM")
+    p = add("demo", cmd_demo, "the daemon on the bundled demo site and an embedded database; "
+            "`demo link` approves the QR code it shows, like a phone scan")
+    p.add_argument("action", nargs="?", choices=["link"], help="link: approve the QR code")
     add("migrate", cmd_migrate, "apply database migrations")
     add("sessions", cmd_sessions, "list sessions")
     add("snapshots", cmd_snapshots, "list a session's generations").add_argument(
@@ -221,9 +266,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         sys.exit(2)
+    daemon = args.command in ("run", "demo") and getattr(args, "action", None) is None
     try:
         settings = load_settings()
-        configure_logging(settings.log_level, settings.resolved_log_format(), stream=sys.stderr)
+        # The daemon logs to stdout (platforms show stderr as errors); commands keep stdout
+        # for their output.
+        configure_logging(settings.log_level, settings.resolved_log_format(),
+                          stream=sys.stdout if daemon else sys.stderr)
         out = anyio.run(args.handler, args, settings)
     except BaseException as raw:
         exc = _unwrap(raw)
@@ -242,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                          "(set SESSIONKEEPER_LOG_LEVEL=debug for the traceback)\n")
         get_logger().debug("unexpected_error", traceback="".join(traceback.format_exception(exc)))
         sys.exit(1)
+    if isinstance(out, int):
+        sys.exit(out)
     if args.json:
         print(json.dumps(out, default=str))
     else:

@@ -35,6 +35,17 @@ ACCEPTS: dict[str, str] = {
     "capture_attempts": "an integer from 1 to 20",
     "data_dir": "a directory path",
     "db_connect_timeout": "a number of seconds > 0",
+    "target": "'whatsapp', 'demo' or 'custom'",
+    "target_url": "an http:// or https:// URL",
+    "qr_selector": "a CSS selector",
+    "ready_selector": "a CSS selector",
+    "logged_out_selector": "a CSS selector",
+    "qr_attribute": "an attribute name",
+    "chromium_path": "the path of a Chromium executable",
+    "snapshot_interval": "a number of seconds >= 30",
+    "shutdown_timeout": "a number of seconds > 0",
+    "demo_port": "an integer from 1 to 65535",
+    "demo_message_rate": "a number of messages per minute >= 0",
 }
 
 
@@ -96,6 +107,48 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to wait for the database at connect.",
     )
+
+    target: Literal["whatsapp", "demo", "custom"] = Field(
+        default="whatsapp", description="What the browser keeps logged in.",
+    )
+    target_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Page to open (custom target).",
+    )
+    qr_selector: str | None = Field(
+        default=None, description="CSS selector of the QR code (custom target).",
+    )
+    ready_selector: str | None = Field(
+        default=None, description="CSS selector present once logged in (custom target).",
+    )
+    logged_out_selector: str | None = Field(
+        default=None, description="CSS selector of a logged-out page (custom, optional).",
+    )
+    qr_attribute: str = Field(
+        default="data-ref",
+        description="Attribute of the QR element (or an ancestor) holding its payload; "
+        "else its text.",
+    )
+    chromium_path: Path | None = Field(
+        default=None, description="Chromium to launch; else Playwright's, else a system one.",
+    )
+    snapshot_interval: float = Field(
+        default=300.0, ge=30, description="Seconds between periodic snapshots.",
+    )
+    shutdown_timeout: float = Field(
+        default=25.0, gt=0,
+        description="Seconds for close + final snapshot after SIGTERM (Render kills at 30).",
+    )
+    demo_port: int = Field(
+        default=8765, ge=1, le=65535, description="Loopback port of the bundled demo site.",
+    )
+    demo_message_rate: float = Field(
+        default=30.0, ge=0, description="Messages per minute the demo site writes once linked.",
+    )
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("include", "exclude", mode="before")
     @classmethod

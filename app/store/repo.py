@@ -267,3 +267,11 @@ async def delete_session(conn: Conn, session_id: str) -> bool:
     """Delete a session with all its generations and chunks."""
     result: str = await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
     return result != "DELETE 0"
+
+
+async def has_logged_in_generation(conn: Conn, session_id: str) -> bool:
+    """True if a generation not taken on a QR page exists (ready, or unlabelled manual)."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM snapshots WHERE session_id = $1 "
+        "AND login_state IS DISTINCT FROM 'qr')", session_id)
+    return found

@@ -173,6 +173,13 @@ def swap_into_place(fresh: Path, target: Path) -> None:
         old.unlink()
 
 
+def restore_order(generations: list[repo.GenerationInfo]) -> list[int]:
+    """Newest first, but a snapshot taken while the page showed a QR code never comes before
+    a logged-in (or unlabelled, manual) one: a QR-state profile is no login to go back to."""
+    logged_in = [g.generation for g in generations if g.login_state != "qr"]
+    return logged_in + [g.generation for g in generations if g.login_state == "qr"]
+
+
 def _clear_leftovers(profile: Path) -> None:
     """Remove half-written trees of a restore or swap that was interrupted."""
     for prefix in (f".{profile.name}.restore-", f".{profile.name}.old-"):
@@ -217,7 +224,7 @@ async def restore_profile(
         if generation is not None:
             candidates = [generation]
         else:
-            candidates = [g.generation for g in await repo.list_generations(conn, session_id)]
+            candidates = restore_order(await repo.list_generations(conn, session_id))
             if not candidates:
                 raise NotFound(f"session {session_id!r} has no snapshot yet")
         for gen in candidates:

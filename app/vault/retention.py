@@ -60,8 +60,13 @@ async def prune(pool: asyncpg.Pool, session_id: str, keep: int) -> PruneResult:
     """Delete all but the newest `keep` generations, then collect their chunks."""
     log = get_logger(session_id=session_id)
     async with pool.acquire() as conn:
-        generations = [g.generation for g in await repo.list_generations(conn, session_id)]
-        kept, doomed = generations[:keep], generations[keep:]
+        infos = await repo.list_generations(conn, session_id)
+        kept = [g.generation for g in infos[:keep]]
+        # The newest logged-in generation stays even past N: QR-state snapshots never push it
+        # out, so there is always a login to restore.
+        if infos and all(g.login_state == "qr" for g in infos[:keep]):
+            kept += [g.generation for g in infos[keep:] if g.login_state != "qr"][:1]
+        doomed = [g.generation for g in infos if g.generation not in kept]
         if doomed:
             await repo.delete_generations(conn, session_id, doomed)
         deleted = await collect_garbage(conn, session_id)

@@ -1,0 +1,77 @@
+"""Finding a Chromium to drive, and the flags it runs with.
+
+Order: SESSIONKEEPER_CHROMIUM_PATH, else Playwright's own installed Chromium, else a system
+`chromium`, `chromium-browser` or `google-chrome`. None found is a setup error (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from app.errors import ConfigError
+
+SYSTEM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Debian's /usr/bin/chromium is a shell wrapper; the real binary sits here and also works.
+DEBIAN_BINARY = Path("/usr/lib/chromium/chromium")
+
+# Without these Chromium phones home at every start (component updates, sync, field trials);
+# in a container with a closed or metered network that is noise at best.
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--disable-features=Translate,MediaRouter,OptimizationHints",
+]
+
+
+class ChromiumNotFound(ConfigError):
+    """No usable Chromium."""
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _playwright_chromium() -> Path | None:
+    """Playwright's own Chromium, if `playwright install chromium` put one here."""
+    try:
+        from playwright._impl._driver import compute_driver_executable  # noqa: F401, PLC0415
+    except ImportError:
+        return None
+    root = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or Path.home() / ".cache/ms-playwright")
+    if not root.is_dir():
+        return None
+    candidates = sorted(root.glob("chromium-*/chrome-linux*/chrome"), reverse=True)
+    candidates += sorted(root.glob("chromium_headless_shell-*/chrome-linux*/headless_shell"),
+                         reverse=True)
+    return next((c for c in candidates if _executable(c)), None)
+
+
+def find_chromium(configured: Path | None = None) -> Path:
+    """The Chromium to launch; ChromiumNotFound with one clear line when there is none."""
+    if configured is not None:
+        path = Path(configured).expanduser()
+        if _executable(path):
+            return path
+        raise ChromiumNotFound(
+            f"SESSIONKEEPER_CHROMIUM_PATH={configured} is not an executable file; point it at a "
+            "Chromium binary or unset it to search for one"
+        )
+    found = _playwright_chromium()
+    if found is not None:
+        return found
+    for name in SYSTEM_NAMES:
+        which = shutil.which(name)
+        if which:
+            if name == "chromium" and _executable(DEBIAN_BINARY):
+                return DEBIAN_BINARY
+            return Path(which)
+    raise ChromiumNotFound(
+        "no Chromium found: install one (`playwright install --with-deps chromium`, or "
+        "`apt-get install chromium`) or set SESSIONKEEPER_CHROMIUM_PATH"
+    )

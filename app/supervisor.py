@@ -1,0 +1,328 @@
+"""The daemon, read top to bottom: boot -> restore -> run -> snapshot -> shutdown.
+
+One process keeps one session: it connects to PostgreSQL (waiting while it is away), restores
+the newest logged-in generation into the profile directory, launches Chromium on it and watches
+the login state. A periodic loop snapshots the live profile; right after a fresh login a
+checkpoint (close Chromium, snapshot, relaunch: about 1.5 s) makes the login durable at once,
+rather than hoping Chromium flushed cookies (about 30 s) before a crash. The first SIGTERM or
+SIGINT closes Chromium (it writes everything it holds), takes a final snapshot shielded from
+cancellation and bounded by SESSIONKEEPER_SHUTDOWN_TIMEOUT, and exits 0; a second signal ends
+the process at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+from playwright.async_api import Error as PlaywrightError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+)
+
+from app.browser import Browser, BrowserCrashed, LoginState, Observation, remove_singletons
+from app.chromium import find_chromium
+from app.errors import CaptureInvalid, CorruptSnapshot, DatabaseUnavailable, NotFound
+from app.http import HttpServer
+from app.log import get_logger
+from app.qr import print_terminal_qr
+from app.settings import Settings
+from app.store import repo
+from app.store.db import open_pool
+from app.targets import WHATSAPP, Target, custom_target, demo_target
+from app.vault.options import VaultOptions
+from app.vault.restore import restore_profile
+from app.vault.save import SaveResult, save_snapshot
+
+OBSERVE_EVERY = 0.5
+# What a database outage looks like from asyncpg: retried with backoff, never fatal.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable,
+             TimeoutError, asyncio.TimeoutError)
+
+
+def _retrying(log: Any, event: str, max_wait: float = 60.0) -> AsyncRetrying:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(event, attempt=state.attempt_number, reason=str(exc)[:300],
+                    retry_in_s=round(state.upcoming_sleep, 1))
+
+    return AsyncRetrying(retry=retry_if_exception_type(DB_ERRORS),
+                         wait=wait_exponential(multiplier=1, min=1, max=max_wait),
+                         before_sleep=before_sleep, reraise=True)
+
+
+class SessionRunner:
+    """Keeps one session: its browser, its snapshots, its state."""
+
+    def __init__(self, settings: Settings, chromium: Path, target: Target,
+                 started: float) -> None:
+        self.settings = settings
+        self.session_id = settings.session_id
+        self.profile = settings.profile_dir.absolute()
+        self.browser = Browser(chromium, self.profile, target)
+        self.options = VaultOptions.from_settings(settings)
+        self.log = get_logger(session_id=self.session_id)
+        self.started = started
+        self.pool: asyncpg.Pool | None = None
+        self.state = LoginState.STARTING
+        self.qr_payload: str | None = None
+        self.degraded = False
+        self.has_login_snapshot = False
+        self.browser_ran = False
+        self.last_snapshot: dict[str, Any] | None = None
+        self._snapshot_lock = anyio.Lock()
+
+    # ------------------------------------------------------------------ facts
+
+    def status(self) -> dict[str, Any]:
+        """What /readyz reports."""
+        return {
+            "session_id": self.session_id, "state": self.state.value,
+            "ready": self.state is LoginState.READY and not self.degraded,
+            "degraded": self.degraded, "qr_available": self.qr_payload is not None,
+            "last_snapshot": self.last_snapshot,
+        }
+
+    # ------------------------------------------------------------------ boot
+
+    async def boot(self, stack: AsyncExitStack) -> None:
+        """Connect (waiting for the database), then restore the newest logged-in generation."""
+        self.state = LoginState.STARTING
+        async for attempt in _retrying(self.log, "database_unavailable"):
+            with attempt:
+                self.degraded = True
+                self.pool = await stack.enter_async_context(open_pool(self.settings))
+        self.degraded = False
+        self.state = LoginState.RESTORING
+        await self.restore()
+
+    async def restore(self) -> None:
+        """The newest good generation into the profile directory; an empty profile if none."""
+        assert self.pool is not None
+        try:
+            result = await restore_profile(self.pool, self.session_id, self.profile)
+            self.log.info("session_restored", generation=result.generation, files=result.files,
+                          bytes=result.bytes_raw, duration_ms=result.duration_ms)
+        except NotFound:
+            self.log.info("session_new", note="no snapshot yet: starting with an empty profile")
+        except CorruptSnapshot as exc:
+            self.log.error("restore_failed", reason=str(exc))
+        async with self.pool.acquire() as conn:
+            self.has_login_snapshot = await repo.has_logged_in_generation(conn, self.session_id)
+        removed = remove_singletons(self.profile)
+        if removed:
+            self.log.info("singleton_files_removed", files=removed)
+
+    # ------------------------------------------------------------------ run
+
+    async def browser_loop(self) -> None:
+        """Run Chromium and watch the login; relaunch with backoff when it crashes."""
+        delay = 1.0
+        while True:
+            try:
+                await self.browser.start()
+                if self.browser_ran:
+                    self.log.info("browser_restarted")
+                self.browser_ran = True
+                self.log.info("browser_started", url=self.browser.target.url,
+                              since_start_ms=self._since_start())
+                await self.watch()
+            except (BrowserCrashed, PlaywrightError) as exc:
+                self.log.error("browser_crashed", reason=str(exc).splitlines()[0][:300],
+                               retry_in_s=delay)
+            await self.browser.close()
+            self.state, self.qr_payload = LoginState.STARTING, None
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    async def watch(self) -> None:
+        """Poll the page for its login state until the browser goes away."""
+        while True:
+            seen = await self.browser.observe()
+            if seen.state is not None:
+                await self.on_observation(seen)
+            await anyio.sleep(OBSERVE_EVERY)
+
+    async def on_observation(self, seen: Observation) -> None:
+        """Log state changes; show a new QR code; checkpoint a fresh login."""
+        if seen.state is None:
+            return
+        fresh = self.state is not LoginState.QR_REQUIRED
+        if seen.state is LoginState.QR_REQUIRED and (fresh or seen.qr_payload != self.qr_payload):
+            self.qr_payload = seen.qr_payload
+            self.log.info("qr_required" if fresh else "qr_rotated", qr_payload=seen.qr_payload)
+            if seen.qr_payload:
+                print_terminal_qr(seen.qr_payload)
+        if seen.state is self.state:
+            return
+        previous, self.state = self.state, seen.state
+        if seen.state is LoginState.READY:
+            self.qr_payload = None
+            self.log.info("ready", previous=previous.value, since_start_ms=self._since_start())
+            if not self.has_login_snapshot:
+                await self.checkpoint()
+            return
+        # Whatever READY comes after a QR code or a logout is a fresh login to checkpoint.
+        self.has_login_snapshot = False
+        if seen.state is LoginState.LOGGED_OUT:
+            self.log.warning("logged_out", previous=previous.value)
+
+    async def checkpoint(self) -> None:
+        """Make a fresh login durable now: close Chromium, snapshot, relaunch."""
+        started = time.monotonic()
+        await self.browser.close()
+        try:
+            result = await self.snapshot("login")
+            self.log.info("login_checkpoint", generation=result.generation if result else None,
+                          duration_ms=int((time.monotonic() - started) * 1000))
+        except DB_ERRORS as exc:
+            self.degraded = True
+            self.log.warning("login_checkpoint_deferred", reason=str(exc)[:300])
+        except CaptureInvalid as exc:
+            self.log.error("snapshot_failed", kind="login", reason=str(exc))
+        await self.browser.start()
+
+    async def snapshot_loop(self) -> None:
+        """Every SESSIONKEEPER_SNAPSHOT_INTERVAL seconds, a live snapshot (retried while the
+        database is away; the profile keeps everything until then)."""
+        while True:
+            await anyio.sleep(self.settings.snapshot_interval)
+            try:
+                async for attempt in _retrying(self.log, "snapshot_failed"):
+                    with attempt:
+                        try:
+                            await self.snapshot("periodic")
+                        except DB_ERRORS:
+                            self.degraded = True
+                            raise
+            except CaptureInvalid as exc:
+                self.log.error("snapshot_failed", kind="periodic", reason=str(exc))
+
+    async def snapshot(self, kind: str) -> SaveResult | None:
+        """One snapshot of the profile, labelled with the login state it shows."""
+        assert self.pool is not None
+        async with self._snapshot_lock:
+            if self.state is LoginState.READY:
+                login_state = "ready"
+            elif self.state in (LoginState.QR_REQUIRED, LoginState.LOGGED_OUT):
+                login_state = "qr"
+            else:
+                self.log.info("snapshot_skipped", kind=kind, reason="login state not known yet")
+                return None
+            if login_state == "qr":
+                async with self.pool.acquire() as conn:
+                    if await repo.has_logged_in_generation(conn, self.session_id):
+                        # A QR page holds no login; never let it replace one.
+                        self.log.info("snapshot_skipped", kind=kind,
+                                      reason="qr page; a logged-in generation is kept")
+                        return None
+            result = await save_snapshot(self.pool, self.session_id, self.profile,
+                                         self.options, kind=kind, login_state=login_state)
+            self.degraded = False
+            if login_state == "ready":
+                self.has_login_snapshot = True
+            self.last_snapshot = {**result.as_json(), "kind": kind, "login_state": login_state}
+            return result
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def shutdown(self) -> bool:
+        """Close Chromium, take the final snapshot; shielded and bounded. True when done."""
+        started = time.monotonic()
+        self.log.info("shutdown_started", state=self.state.value)
+        result: SaveResult | None = None
+        with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
+            await self.browser.close()
+            if self.browser_ran and self.pool is not None:
+                try:
+                    result = await self.snapshot("shutdown")
+                except (*DB_ERRORS, CaptureInvalid) as exc:
+                    self.log.error("final_snapshot_failed", reason=str(exc)[:300])
+            await self.browser.stop()
+        if scope.cancelled_caught:
+            self.log.error("shutdown_timeout", timeout_s=self.settings.shutdown_timeout)
+            return False
+        self.log.info("shutdown_completed", duration_ms=int((time.monotonic() - started) * 1000),
+                      generation=result.generation if result else None,
+                      changed=result.changed if result else False)
+        return True
+
+    def _since_start(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+@asynccontextmanager
+async def _target(settings: Settings) -> AsyncIterator[Target]:
+    """The configured target; for `demo`, the bundled site served on loopback meanwhile."""
+    if settings.target == "whatsapp":
+        yield WHATSAPP
+    elif settings.target == "custom":
+        yield custom_target(settings)
+    else:
+        from app.demo.server import DemoSite  # noqa: PLC0415
+
+        site = DemoSite(port=settings.demo_port, message_rate=settings.demo_message_rate)
+        url = await site.start()
+        get_logger().info("demo_site_started", url=url)
+        try:
+            yield demo_target(url)
+        finally:
+            await site.stop()
+
+
+def _install_signals(on_signal: Callable[[str], None]) -> None:
+    """First SIGTERM/SIGINT starts the shutdown; the handlers go, so a second one kills."""
+    loop = asyncio.get_running_loop()
+
+    def handler(sig: signal.Signals) -> None:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(s)
+            signal.signal(s, signal.SIG_DFL)
+        on_signal(sig.name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler, sig)
+
+
+async def run_daemon(settings: Settings) -> int:
+    """Run until a signal; returns the exit code."""
+    started = time.monotonic()
+    log = get_logger(session_id=settings.session_id)
+    chromium = find_chromium(settings.chromium_path)
+    stop = anyio.Event()
+
+    def on_signal(name: str) -> None:
+        log.info("signal_received", signal=name)
+        stop.set()
+
+    _install_signals(on_signal)
+    async with AsyncExitStack() as stack:
+        target = await stack.enter_async_context(_target(settings))
+        runner = SessionRunner(settings, chromium, target, started)
+        http = HttpServer(runner.status, "0.0.0.0", settings.port)  # noqa: S104
+        await http.start()
+        stack.push_async_callback(http.stop)
+        log.info("daemon_started", target=target.name, chromium=str(chromium),
+                 port=settings.port, profile_dir=str(runner.profile))
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                await stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_on_signal)
+            await runner.boot(stack)
+            tg.start_soon(runner.browser_loop)
+            tg.start_soon(runner.snapshot_loop)
+        ok = await runner.shutdown()
+    return 0 if ok else 1
