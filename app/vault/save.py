@@ -152,7 +152,7 @@ async def save_snapshot(
         await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
     await anyio.to_thread.run_sync(cache.save, cache_path)
     if result.changed:
-        log.info("snapshot_committed", **result.as_json())
+        log.info("snapshot_committed", kind=kind, login_state=login_state, **result.as_json())
         await prune(pool, session_id, options.keep_generations)
     else:
         log.info("snapshot_unchanged", files=result.files, bytes_raw=result.bytes_raw,

@@ -1,0 +1,108 @@
+"""Running the real daemon as a subprocess in tests: its log lines, HTTP and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Daemon:
+    """`python -m app run` with the demo target, its JSON log lines collected as they come."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.env = env
+        self.port = int(env["PORT"])
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.started = time.monotonic()
+        # A session of its own: SIGKILL of the whole group takes Chromium down too.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", *(args or ("run",))], env=env, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line.rstrip("\n"))
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                event["_t"] = time.monotonic()
+                self.events.append(event)
+
+    def wait_for(self, name: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
+        """The first event called name (with those fields) seen so far or within timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in list(self.events):
+                if event.get("event") == name and all(event.get(k) == v
+                                                       for k, v in fields.items()):
+                    return event
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no {name} {fields} within {timeout}s; log:\n" + self.log_text())
+
+    def names(self) -> list[str]:
+        return [str(e.get("event")) for e in self.events]
+
+    def log_text(self) -> str:
+        return "\n".join(self.raw[-60:])
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 40) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill_all(self) -> None:
+        """SIGKILL the daemon and every process it started (Chromium, Playwright's driver)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+def link_demo(demo_port: int) -> dict[str, Any]:
+    """The out-of-band 'phone scan': approve the QR payload the demo site shows."""
+    request = urllib.request.Request(f"http://127.0.0.1:{demo_port}/api/link", data=b"{}",
+                                     headers={"Content-Type": "application/json"},
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=5) as r:
+        body: dict[str, Any] = json.loads(r.read())
+        return body

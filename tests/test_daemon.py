@@ -1,0 +1,171 @@
+"""The daemon end to end: a real Chromium on the demo site, a real PostgreSQL, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app.settings import Settings
+from app.store.db import open_pool
+from app.vault.restore import restore_profile
+from tests.support.daemon import Daemon, free_port, link_demo
+from tests.support.inspect_profile import inspect_demo_profile
+
+SESSION = "e2e"
+
+
+@pytest.fixture
+def daemon_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SESSIONKEEPER_") and k not in ("PORT", "DATABASE_URL")}
+    env.update(
+        DATABASE_URL=database_url, PORT=str(free_port()),
+        SESSIONKEEPER_TARGET="demo", SESSIONKEEPER_DEMO_PORT=str(free_port()),
+        SESSIONKEEPER_DEMO_MESSAGE_RATE="600", SESSIONKEEPER_SESSION_ID=SESSION,
+        SESSIONKEEPER_PROFILE_DIR=str(tmp_path / "profile"),
+        SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"), SESSIONKEEPER_LOG_FORMAT="json",
+    )
+    return env
+
+
+@pytest.fixture
+def start(daemon_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def launch(**overrides: str) -> Daemon:
+        daemon = Daemon({**daemon_env, **overrides})
+        started.append(daemon)
+        return daemon
+
+    yield launch
+    for daemon in started:
+        daemon.kill_all()
+
+
+def generations(url: str) -> list[dict[str, Any]]:
+    async def query() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT generation, kind, login_state FROM snapshots "
+                                    "WHERE session_id = $1 ORDER BY generation", SESSION)
+            return [dict(r) for r in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
+
+
+def inspect_generation(url: str, generation: int, target: Path, demo_port: int) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        settings = Settings(database_url=url, data_dir=target.parent / "st")  # type: ignore[arg-type]
+        async with open_pool(settings, migrate=False) as pool:
+            await restore_profile(pool, SESSION, target, generation=generation)
+        return await inspect_demo_profile(target, demo_port)
+
+    return asyncio.run(go())
+
+
+def login(daemon: Daemon, demo_port: int) -> None:
+    first = daemon.wait_for("qr_required", 60)
+    assert first["qr_payload"]
+    code, body = daemon.readyz()
+    assert code == 503 and body["state"] == "qr_required"
+    assert link_demo(demo_port)["linked"]
+    daemon.wait_for("ready", 30)
+    daemon.wait_for("login_checkpoint", 30)
+
+
+def test_login_survives_a_redeploy(start: Callable[..., Daemon], daemon_env: dict[str, str],
+                                   database_url: str, tmp_path: Path) -> None:
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    first = start()
+    login(first, demo_port)
+    code, body = first.readyz()
+    assert code == 200 and body["state"] == "ready"
+    time.sleep(3)  # the page writes chat messages meanwhile
+    first.signal(signal.SIGTERM)
+    assert first.wait_exit(30) == 0
+    done = first.wait_for("shutdown_completed")
+    gens = generations(database_url)
+    assert gens[-1] == {"generation": done["generation"], "kind": "shutdown",
+                        "login_state": "ready"}
+    assert [g["kind"] for g in gens] == ["login", "shutdown"]
+
+    shutil.rmtree(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
+    second = start()
+    restored = second.wait_for("session_restored", 60)
+    assert restored["generation"] == done["generation"]
+    second.wait_for("ready", 60)
+    assert "qr_required" not in second.names()
+    assert second.readyz()[0] == 200
+    time.sleep(1)
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit(30) == 0
+    final = second.wait_for("shutdown_completed")["generation"]
+
+    before = inspect_generation(database_url, done["generation"], tmp_path / "g1", demo_port)
+    after = inspect_generation(database_url, final, tmp_path / "g2", demo_port)
+    for info in (before, after):
+        assert info["state"] == "ready"
+        assert info["keyLength"] == 32 and info["avatarSize"] > 0
+        assert info["cookie"] and info["localStorageToken"] == info["token"]
+        assert info["messages"] > 0
+    assert after["token"] == before["token"]
+    # Nothing written before the first shutdown was lost.
+    assert after["messages"] >= before["messages"] and after["lastMessage"] >= before["lastMessage"]
+
+
+def test_sigkill_after_a_periodic_snapshot(start: Callable[..., Daemon],
+                                          daemon_env: dict[str, str], database_url: str,
+                                          tmp_path: Path) -> None:
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    first = start(SESSIONKEEPER_SNAPSHOT_INTERVAL="30")
+    login(first, demo_port)
+    periodic = first.wait_for("snapshot_committed", 45, kind="periodic")
+    first.kill_all()  # no final snapshot
+    assert generations(database_url)[-1]["generation"] == periodic["generation"]
+
+    shutil.rmtree(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
+    second = start()
+    assert second.wait_for("session_restored", 60)["generation"] == periodic["generation"]
+    second.wait_for("ready", 60)
+    assert "qr_required" not in second.names()
+    second.kill_all()
+    info = inspect_generation(database_url, periodic["generation"], tmp_path / "p", demo_port)
+    assert info["state"] == "ready" and info["messages"] > 0 and info["avatarSize"] > 0
+
+
+def test_second_signal_exits_at_once(start: Callable[..., Daemon]) -> None:
+    daemon = start()
+    daemon.wait_for("qr_required", 60)
+    daemon.signal(signal.SIGTERM)
+    # Signals of one kind sent back to back merge into one; send the second once the first
+    # has started the shutdown (closing Chromium and the final snapshot take a few 100 ms).
+    daemon.wait_for("shutdown_started", 10)
+    daemon.signal(signal.SIGTERM)
+    began = time.monotonic()
+    code = daemon.wait_exit(10)
+    assert code == -signal.SIGTERM  # killed by the second signal, not a clean exit
+    assert time.monotonic() - began < 2
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"SESSIONKEEPER_CHROMIUM_PATH": "/nonexistent/chrome"}, "SESSIONKEEPER_CHROMIUM_PATH"),
+    ({"PATH": "/nonexistent", "PLAYWRIGHT_BROWSERS_PATH": "/nonexistent"}, "no Chromium found"),
+])
+def test_no_chromium_is_one_line_exit_2(start: Callable[..., Daemon],
+                                        overrides: dict[str, str], needle: str) -> None:
+    daemon = start(**overrides)
+    assert daemon.wait_exit(30) == 2
+    errors = [line for line in daemon.raw if "error" in line.lower()]
+    assert len(errors) == 1 and needle in errors[0], daemon.log_text()
+    assert not any("Traceback" in line for line in daemon.raw)
