@@ -169,3 +169,61 @@ def test_no_chromium_is_one_line_exit_2(start: Callable[..., Daemon],
     errors = [line for line in daemon.raw if "error" in line.lower()]
     assert len(errors) == 1 and needle in errors[0], daemon.log_text()
     assert not any("Traceback" in line for line in daemon.raw)
+
+
+class PrivateServer:
+    """A PostgreSQL of this test's own (embedded), so it can be stopped and started."""
+
+    def __init__(self, data: Path) -> None:
+        import pgserver
+
+        self.server = pgserver.get_server(str(data), cleanup_mode="delete")
+        self.data = data
+        self.url = self.server.get_uri()
+        self.opts = (data / "postmaster.opts").read_text()
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pgserver import _commands
+
+        _commands.pg_ctl(list(args), pgdata=self.data, user=self.server.system_user,
+                         timeout=60)
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        # The same command line the server was first started with (its socket, no TCP).
+        import shlex
+
+        words = shlex.split(self.opts)[1:]
+        options = [w for i, w in enumerate(words)
+                   if w != "-D" and (i == 0 or words[i - 1] != "-D")]
+        self._pg_ctl("-w", "-l", str(self.data / "restart.log"),
+                     "-o", " ".join(shlex.quote(o) for o in options), "start")
+
+    def close(self) -> None:
+        self.server.cleanup()
+
+
+def test_database_outage_mid_run(start: Callable[..., Daemon], daemon_env: dict[str, str],
+                                 tmp_path: Path) -> None:
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    db = PrivateServer(Path("/tmp") / f"sk-outage-{os.getpid()}")
+    try:
+        daemon = start(DATABASE_URL=db.url, SESSIONKEEPER_SNAPSHOT_INTERVAL="30")
+        login(daemon, demo_port)
+        db.stop()
+        failed = daemon.wait_for("snapshot_failed", 60)
+        assert failed["attempt"] >= 1
+        code, body = daemon.readyz()
+        assert code == 503 and body["degraded"] and body["state"] == "ready"
+        assert daemon.proc.poll() is None  # the browser keeps running; no crash
+        db.start()
+        landed = daemon.wait_for("snapshot_committed", 90, kind="periodic")
+        assert landed["changed"]
+        assert daemon.readyz()[0] == 200
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(30) == 0
+        assert "browser_crashed" not in daemon.names()
+    finally:
+        db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,10 +91,8 @@ class Daemon:
 
     def kill_all(self) -> None:
         """SIGKILL the daemon and every process it started (Chromium, Playwright's driver)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
 
