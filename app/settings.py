@@ -46,6 +46,8 @@ ACCEPTS: dict[str, str] = {
     "shutdown_timeout": "a number of seconds > 0",
     "demo_port": "an integer from 1 to 65535",
     "demo_message_rate": "a number of messages per minute >= 0",
+    "demo_link_after": "a number of seconds >= 0",
+    "demo_history_mb": "a number of MB from 0 to 4096",
 }
 
 
@@ -143,6 +145,15 @@ class Settings(BaseSettings):
     )
     demo_message_rate: float = Field(
         default=30.0, ge=0, description="Messages per minute the demo site writes once linked.",
+    )
+    demo_history_mb: float = Field(
+        default=0.0, ge=0, le=4096,
+        description="Demo only: chat history (MB) the page stores right after a link.",
+    )
+    demo_link_after: float | None = Field(
+        default=None, ge=0,
+        description="Demo only: approve the first QR code after this many seconds, as a "
+        "phone would (unset: run `sessionkeeper demo link`).",
     )
 
     @field_validator("target", mode="before")

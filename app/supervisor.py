@@ -271,12 +271,20 @@ async def _target(settings: Settings) -> AsyncIterator[Target]:
     else:
         from app.demo.server import DemoSite  # noqa: PLC0415
 
-        site = DemoSite(port=settings.demo_port, message_rate=settings.demo_message_rate)
+        site = DemoSite(port=settings.demo_port, message_rate=settings.demo_message_rate,
+                        history_kb=int(settings.demo_history_mb * 1024))
         url = await site.start()
-        get_logger().info("demo_site_started", url=url)
+        get_logger().info("demo_site_started", url=url,
+                          link="run `sessionkeeper demo link` to approve the QR code")
+        timer = None
+        if settings.demo_link_after is not None:
+            # A simulated phone: approve whatever QR code is showing by then.
+            timer = asyncio.get_running_loop().call_later(settings.demo_link_after, site.link)
         try:
             yield demo_target(url)
         finally:
+            if timer is not None:
+                timer.cancel()
             await site.stop()
 
 

@@ -68,14 +68,16 @@ class DemoSite:
     """The demo site on an aiohttp server; `start()` it, point a browser at `url`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, message_rate: float = 30.0,
-                 qr_rotate_seconds: float = 20.0) -> None:
-        if message_rate < 0:
+                 qr_rotate_seconds: float = 20.0, history_kb: int = 0) -> None:
+        if message_rate < 0 or history_kb < 0:
             raise ValueError("message_rate must be >= 0")
         if qr_rotate_seconds <= 0:
             raise ValueError("qr_rotate_seconds must be > 0")
         self._host = host
         self._port = port
         self._message_rate = float(message_rate)
+        # Chat history the page downloads right after a link, as WhatsApp Web does.
+        self._history_kb = int(history_kb)
         self._rotate = float(qr_rotate_seconds)
         self._payload = _new_payload()
         self._payload_at = time.monotonic()
@@ -241,4 +243,4 @@ class DemoSite:
         return self._json({"valid": bool(token and device_id) and verify_token(token, device_id)})
 
     async def _config(self, request: web.Request) -> web.Response:
-        return self._json({"message_rate": self._message_rate})
+        return self._json({"message_rate": self._message_rate, "history_kb": self._history_kb})

@@ -109,7 +109,7 @@ async function chatStats() {
   const count = await request(store.count());
   // Keys are autoIncrement and n only grows, so the last record holds the highest n.
   const cursor = await request(store.openCursor(null, "prev"));
-  return { count, last: cursor ? cursor.value.n : 0 };
+  return { count, last: cursor ? Math.max(0, cursor.value.n) : 0 };
 }
 
 async function clearSession() {
@@ -173,6 +173,29 @@ async function registerServiceWorker() {
   }
 }
 
+// Right after a link WhatsApp Web downloads chat history; the demo writes `history_kb` of
+// older messages (4 KiB each: text and random bytes) before it shows the chat list.
+async function syncHistory() {
+  let kb = 0;
+  try {
+    kb = Number((await getJson("/api/config")).history_kb) || 0;
+  } catch (err) {
+    return;
+  }
+  const total = Math.floor(kb / 4);
+  for (let start = 0; start < total; start += 100) {
+    show(el("p", {}, `Syncing history\u2026 ${start}/${total}`));
+    const db = await openDb(CHAT_DB);
+    const tx = db.transaction(CHAT_STORE, "readwrite");
+    const store = tx.objectStore(CHAT_STORE);
+    for (let i = start; i < Math.min(total, start + 100); i++) {
+      store.add({ n: -(i + 1), text: messageText(-(i + 1)), at: Date.now(),
+                  bin: crypto.getRandomValues(new Uint8Array(3700)), history: true });
+    }
+    await done(tx);
+  }
+}
+
 async function onLinked(answer) {
   setState("loading");
   show(el("p", {}, "Linking this device\u2026"));
@@ -184,6 +207,7 @@ async function onLinked(answer) {
     linkedAt: Date.now(),
   };
   await writeCreds(creds);
+  await syncHistory();
   localStorage.setItem(LS_TOKEN, creds.token);
   document.cookie = `${COOKIE}=${creds.token}; Max-Age=31536000; Path=/; SameSite=Lax`;
   await registerServiceWorker();
