@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import anyio
 from playwright.async_api import BrowserContext, Page, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
@@ -22,7 +23,7 @@ GOTO_TIMEOUT_MS = 30_000
 
 # Runs in the page: the first visible match wins, ready before QR before logged out.
 _OBSERVE_JS = """
-([qr, ready, out, attr]) => {
+([qr, ready, out, attr, outUrl]) => {
   const visible = (el) => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
   const find = (sel) => {
     if (!sel) return null;
@@ -40,7 +41,9 @@ _OBSERVE_JS = """
       el = el.parentElement;
     }
     if (payload === null) payload = (q.textContent || "").trim() || null;
-    return {state: "qr", payload: payload};
+    // After a logout some sites (WhatsApp: ?post_logout=1) show the QR page again.
+    const out = !!outUrl && location.href.includes(outUrl);
+    return {state: out ? "logged_out" : "qr", payload: payload};
   }
   if (find(out)) return {state: "logged_out", payload: null};
   return {state: "unknown", payload: null};
@@ -93,6 +96,7 @@ class Browser:
         self._page: Page | None = None
         self._closing = False
         self.crash_reason: str | None = None
+        self._prepare_lock = anyio.Lock()
 
     @property
     def running(self) -> bool:
@@ -103,17 +107,25 @@ class Browser:
         if not self._closing and self.crash_reason is None:
             self.crash_reason = reason
 
+    async def prepare(self) -> Playwright:
+        """Start Playwright's driver (about half a second); boot runs it alongside restore."""
+        async with self._prepare_lock:
+            if self._playwright is None:
+                self._playwright = await async_playwright().start()
+            return self._playwright
+
     async def start(self) -> None:
         """Launch Chromium on the profile and open the target."""
         self.profile.mkdir(parents=True, exist_ok=True)
         remove_singletons(self.profile)
-        if self._playwright is None:
-            self._playwright = await async_playwright().start()
+        playwright = await self.prepare()
         self._closing = False
         self.crash_reason = None
-        context = await self._playwright.chromium.launch_persistent_context(
+        context = await playwright.chromium.launch_persistent_context(
             str(self.profile), executable_path=str(self.chromium), headless=True,
             args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900},
+            # A stable language keeps aria-label selectors stable.
+            locale="en-US",
         )
         self._context = context
         context.on("close", lambda _: self._crashed("browser closed"))
@@ -121,7 +133,18 @@ class Browser:
         page.on("crash", lambda _: self._crashed("page crashed"))
         page.on("close", lambda _: self._crashed("page closed"))
         self._page = page
+        await self._plain_user_agent(context, page)
         await page.goto(self.target.url, wait_until="domcontentloaded", timeout=GOTO_TIMEOUT_MS)
+
+    async def _plain_user_agent(self, context: BrowserContext, page: Page) -> None:
+        """Headless Chromium says "HeadlessChrome"; some sites (WhatsApp) then refuse to
+        show a login. Present the same version as plain Chrome."""
+        agent: str = await page.evaluate("navigator.userAgent")
+        if "HeadlessChrome" in agent:
+            cdp = await context.new_cdp_session(page)
+            await cdp.send("Emulation.setUserAgentOverride",
+                           {"userAgent": agent.replace("HeadlessChrome", "Chrome"),
+                            "acceptLanguage": "en-US,en"})
 
     async def observe(self) -> Observation:
         """Read the login state from the page; BrowserCrashed if the browser is gone."""
@@ -131,7 +154,7 @@ class Browser:
         try:
             found: dict[str, Any] = await self._page.evaluate(
                 _OBSERVE_JS, [t.qr_selector, t.ready_selector, t.logged_out_selector,
-                              t.qr_attribute])
+                              t.qr_attribute, t.logged_out_url])
         except PlaywrightError as exc:
             if self.crash_reason is not None or self._page.is_closed():
                 raise BrowserCrashed(self.crash_reason or str(exc)) from None

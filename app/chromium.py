@@ -26,6 +26,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
     "--disable-dev-shm-usage",
     "--disable-features=Translate,MediaRouter,OptimizationHints",
+    # navigator.webdriver stays false, as in a browser a person uses.
+    "--disable-blink-features=AutomationControlled",
 ]
 
 
@@ -39,16 +41,13 @@ def _executable(path: Path) -> bool:
 
 def _playwright_chromium() -> Path | None:
     """Playwright's own Chromium, if `playwright install chromium` put one here."""
-    try:
-        from playwright._impl._driver import compute_driver_executable  # noqa: F401, PLC0415
-    except ImportError:
-        return None
     root = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or Path.home() / ".cache/ms-playwright")
     if not root.is_dir():
         return None
     candidates = sorted(root.glob("chromium-*/chrome-linux*/chrome"), reverse=True)
-    candidates += sorted(root.glob("chromium_headless_shell-*/chrome-linux*/headless_shell"),
-                         reverse=True)
+    for pattern in ("chromium_headless_shell-*/chrome-*/chrome-headless-shell",
+                    "chromium_headless_shell-*/chrome-linux*/headless_shell"):
+        candidates += sorted(root.glob(pattern), reverse=True)
     return next((c for c in candidates if _executable(c)), None)
 
 

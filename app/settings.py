@@ -60,7 +60,9 @@ def _split_globs(value: Any) -> Any:
 class Settings(BaseSettings):
     """Validated configuration of one sessionkeeper process."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore")
+    # An empty variable (easy to leave in a platform's dashboard) counts as unset.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False,
+                                      extra="ignore", env_ignore_empty=True)
 
     database_url: SecretStr | None = Field(
         default=None,

@@ -45,6 +45,7 @@ from app.vault.restore import restore_profile
 from app.vault.save import SaveResult, save_snapshot
 
 OBSERVE_EVERY = 0.5
+OBSERVE_FIRST = 0.1
 # What a database outage looks like from asyncpg: retried with backoff, never fatal.
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable,
              TimeoutError, asyncio.TimeoutError)
@@ -81,6 +82,8 @@ class SessionRunner:
         self.browser_ran = False
         self.last_snapshot: dict[str, Any] | None = None
         self._snapshot_lock = anyio.Lock()
+        # Called with the payload of the first QR code of a login (the demo's simulated phone).
+        self.on_first_qr: Callable[[str], object] | None = None
 
     # ------------------------------------------------------------------ facts
 
@@ -146,23 +149,31 @@ class SessionRunner:
             delay = min(delay * 2, 60.0)
 
     async def watch(self) -> None:
-        """Poll the page for its login state until the browser goes away."""
+        """Poll the page for its login state until the browser goes away (quickly until the
+        state is known, so a restored session reports ready without delay)."""
         while True:
             seen = await self.browser.observe()
             if seen.state is not None:
                 await self.on_observation(seen)
-            await anyio.sleep(OBSERVE_EVERY)
+            known = self.state in (LoginState.READY, LoginState.QR_REQUIRED,
+                                   LoginState.LOGGED_OUT)
+            await anyio.sleep(OBSERVE_EVERY if known else OBSERVE_FIRST)
 
     async def on_observation(self, seen: Observation) -> None:
         """Log state changes; show a new QR code; checkpoint a fresh login."""
         if seen.state is None:
             return
-        fresh = self.state is not LoginState.QR_REQUIRED
-        if seen.state is LoginState.QR_REQUIRED and (fresh or seen.qr_payload != self.qr_payload):
-            self.qr_payload = seen.qr_payload
-            self.log.info("qr_required" if fresh else "qr_rotated", qr_payload=seen.qr_payload)
-            if seen.qr_payload:
-                print_terminal_qr(seen.qr_payload)
+        # A QR code is up (also on a logged-out page that offers one): log and show each new one.
+        if seen.state is LoginState.QR_REQUIRED or seen.qr_payload is not None:
+            fresh = self.state not in (LoginState.QR_REQUIRED, LoginState.LOGGED_OUT)
+            if fresh or seen.qr_payload != self.qr_payload:
+                self.qr_payload = seen.qr_payload
+                self.log.info("qr_required" if fresh else "qr_rotated",
+                              qr_payload=seen.qr_payload)
+                if seen.qr_payload:
+                    print_terminal_qr(seen.qr_payload)
+                    if fresh and self.on_first_qr is not None:
+                        self.on_first_qr(seen.qr_payload)
         if seen.state is self.state:
             return
         previous, self.state = self.state, seen.state
@@ -262,12 +273,12 @@ class SessionRunner:
 
 
 @asynccontextmanager
-async def _target(settings: Settings) -> AsyncIterator[Target]:
-    """The configured target; for `demo`, the bundled site served on loopback meanwhile."""
+async def _target(settings: Settings) -> AsyncIterator[tuple[Target, Any]]:
+    """The configured target (and, for `demo`, the bundled site served on loopback)."""
     if settings.target == "whatsapp":
-        yield WHATSAPP
+        yield WHATSAPP, None
     elif settings.target == "custom":
-        yield custom_target(settings)
+        yield custom_target(settings), None
     else:
         from app.demo.server import DemoSite  # noqa: PLC0415
 
@@ -276,15 +287,9 @@ async def _target(settings: Settings) -> AsyncIterator[Target]:
         url = await site.start()
         get_logger().info("demo_site_started", url=url,
                           link="run `sessionkeeper demo link` to approve the QR code")
-        timer = None
-        if settings.demo_link_after is not None:
-            # A simulated phone: approve whatever QR code is showing by then.
-            timer = asyncio.get_running_loop().call_later(settings.demo_link_after, site.link)
         try:
-            yield demo_target(url)
+            yield demo_target(url), site
         finally:
-            if timer is not None:
-                timer.cancel()
             await site.stop()
 
 
@@ -315,8 +320,14 @@ async def run_daemon(settings: Settings) -> int:
 
     _install_signals(on_signal)
     async with AsyncExitStack() as stack:
-        target = await stack.enter_async_context(_target(settings))
+        target, demo_site = await stack.enter_async_context(_target(settings))
         runner = SessionRunner(settings, chromium, target, started)
+        link_after = settings.demo_link_after
+        if demo_site is not None and link_after is not None:
+            # A simulated phone: approve the QR code shown, link_after seconds later.
+            loop = asyncio.get_running_loop()
+            runner.on_first_qr = lambda payload: loop.call_later(link_after, demo_site.link,
+                                                                 payload)
         http = HttpServer(runner.status, "0.0.0.0", settings.port)  # noqa: S104
         await http.start()
         stack.push_async_callback(http.stop)
@@ -329,6 +340,7 @@ async def run_daemon(settings: Settings) -> int:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_on_signal)
+            tg.start_soon(runner.browser.prepare)
             await runner.boot(stack)
             tg.start_soon(runner.browser_loop)
             tg.start_soon(runner.snapshot_loop)

@@ -23,6 +23,8 @@ class Target:
     # The QR payload sits in this attribute of the QR element or an ancestor (WhatsApp: the
     # `data-ref` of the div around its canvas); without it, the element's text is used.
     qr_attribute: str = "data-ref"
+    # A URL fragment that marks a QR page shown after a logout (WhatsApp: post_logout=1).
+    logged_out_url: str | None = None
 
 
 # WhatsApp Web, as of 2025-2026. The QR canvas sits in a div whose data-ref is the payload;
@@ -32,19 +34,22 @@ WHATSAPP = Target(
     name="whatsapp",
     url="https://web.whatsapp.com/",
     qr_selector=(
-        "div[data-ref] canvas, canvas[aria-label*='QR' i], canvas[aria-label='Scan me!'], "
-        "div[data-ref]"
+        "div[data-ref] canvas, canvas[aria-label='Scan this QR code to link a device!'], "
+        "canvas[aria-label*='QR code' i], canvas[aria-label='Scan me!'], div[data-ref]"
     ),
     ready_selector=(
-        "#pane-side, [data-testid='chat-list'], div[aria-label='Chat list'], "
-        "div[aria-label='Chats'] [role='grid'], [data-icon='new-chat-outline'], "
-        "[data-icon='chat']"
+        "#pane-side, div[aria-label='Chat list'], div[aria-label='Chats'] [role='grid'], "
+        "[data-testid='chat-list']"
     ),
-    logged_out_selector=(
-        "[data-testid='intro-md-beta-logo-light'], [data-testid='logout-confirm'], "
-        "div[data-animate-modal-popup='true'] [data-testid='popup-contents']"
-    ),
+    # WhatsApp has no stable logged-out element: after a logout (phone unlinked) it reloads
+    # with ?post_logout=1 and shows the QR page again.
+    logged_out_selector=None,
+    logged_out_url="post_logout=1",
 )
+# Sources (checked 2026-11): whatsapp-web.js src/Client.js (div[data-ref] canvas, payload in
+# data-ref; post_logout=1 for logouts), open-wa (canvas[aria-label='Scan me!']), and recent
+# public selector notes (canvas[aria-label='Scan this QR code to link a device!'], #pane-side,
+# div[aria-label='Chat list']). aria-labels are English: the browser runs with locale en-US.
 
 
 def demo_target(url: str) -> Target:
