@@ -48,5 +48,85 @@ ensure_deps() {
     uv sync --frozen --quiet --python "$py"
 }
 
+# The Chromium the daemon drives (the same search order as app/chromium.py).
+playwright_chromium() {
+    # Playwright's own Chromium, if one is installed and starts; prints its path.
+    local root="${PLAYWRIGHT_BROWSERS_PATH:-$HOME/.cache/ms-playwright}" candidate
+    for candidate in "$root"/chromium-*/chrome-linux*/chrome; do
+        if [[ -f "$candidate" && -x "$candidate" ]] && "$candidate" --version >/dev/null 2>&1; then
+            printf '%s\n' "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+system_chromium() {
+    local name
+    for name in chromium chromium-browser google-chrome google-chrome-stable; do
+        if command -v "$name" >/dev/null 2>&1; then
+            command -v "$name"
+            return 0
+        fi
+    done
+    return 1
+}
+
+as_root() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@"
+    else
+        return 1
+    fi
+}
+
+ensure_chromium() {
+    local configured="${SESSIONKEEPER_CHROMIUM_PATH:-}" found
+    if [[ -n "$configured" ]]; then
+        if [[ -f "$configured" && -x "$configured" ]]; then
+            return 0
+        fi
+        say "SESSIONKEEPER_CHROMIUM_PATH=$configured is not an executable file; looking for a Chromium anyway"
+    fi
+    if playwright_chromium >/dev/null || system_chromium >/dev/null; then
+        return 0
+    fi
+
+    local log="${TMPDIR:-/tmp}/sessionkeeper-chromium-install.log"
+    say "no Chromium found: trying Playwright's (playwright install chromium, log: $log)"
+    local -a limit=()
+    if command -v timeout >/dev/null 2>&1; then
+        limit=(timeout 120)
+    fi
+    if ${limit[@]+"${limit[@]}"} uv run --frozen playwright install chromium >"$log" 2>&1 &&
+        found="$(playwright_chromium)"; then
+        say "Playwright's Chromium installed: $found"
+        return 0
+    fi
+    say "Playwright's Chromium is not usable (its download may be blocked here)"
+
+    if system_chromium >/dev/null; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "cannot install Chromium: no apt-get here; install Chromium or set SESSIONKEEPER_CHROMIUM_PATH"
+        exit 1
+    fi
+    say "installing Debian's chromium (apt-get install chromium, log: $log)"
+    if ! as_root apt-get update >>"$log" 2>&1 ||
+        ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >>"$log" 2>&1; then
+        say "cannot install Chromium with apt-get (needs root or passwordless sudo; see $log); install it or set SESSIONKEEPER_CHROMIUM_PATH"
+        exit 1
+    fi
+    if ! found="$(system_chromium)"; then
+        say "apt-get installed chromium but no chromium is on PATH; set SESSIONKEEPER_CHROMIUM_PATH"
+        exit 1
+    fi
+    say "Chromium installed: $found"
+}
+
 ensure_uv
 ensure_deps
+ensure_chromium

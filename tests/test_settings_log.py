@@ -59,6 +59,19 @@ def test_readme_documents_every_setting() -> None:
         assert f"| `{var}` | `{default}` |" in readme, var
 
 
+def test_env_example_documents_every_setting() -> None:
+    example = (ROOT / ".env.example").read_text()
+    for var, _, _ in describe_settings():
+        assert f"{var}=" in example, var
+
+
+def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SESSIONKEEPER_TARGET_URL", "")
+    monkeypatch.setenv("SESSIONKEEPER_CHROMIUM_PATH", "")
+    s = load_settings()
+    assert s.target_url is None and s.chromium_path is None
+
+
 def test_log_lines_are_json_events_without_secrets() -> None:
     out = io.StringIO()
     configure_logging("info", "json", stream=out)
