@@ -227,3 +227,54 @@ def test_database_outage_mid_run(start: Callable[..., Daemon], daemon_env: dict[
         assert "browser_crashed" not in daemon.names()
     finally:
         db.close()
+
+
+def _browser_pids(root: int) -> list[int]:
+    """Chromium's main process(es) below root (Playwright starts it in a process group of its
+    own; its helper processes carry --type=...)."""
+    parents: dict[int, int] = {}
+    cmdlines: dict[int, list[bytes]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def below_root(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+
+    return [pid for pid, cmd in cmdlines.items()
+            if cmd and b"chrom" in cmd[0] and b"crashpad" not in cmd[0]
+            and not any(a.startswith(b"--type=") for a in cmd) and below_root(pid)]
+
+
+def test_chromium_crash_is_survived(start: Callable[..., Daemon],
+                                    daemon_env: dict[str, str]) -> None:
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    daemon = start()
+    login(daemon, demo_port)
+    pids = _browser_pids(daemon.proc.pid)
+    assert pids, "no Chromium process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    crashed = daemon.wait_for("browser_crashed", 30)
+    assert crashed["retry_in_s"] >= 1
+    daemon.wait_for("browser_restarted", 60)
+    # Relaunched from the local profile: logged in again without a QR code.
+    ready_again = [e for e in daemon.events if e.get("event") == "ready"]
+    deadline = time.monotonic() + 30
+    while len(ready_again) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ready_again = [e for e in daemon.events if e.get("event") == "ready"]
+    assert len(ready_again) >= 2 and daemon.names().count("qr_required") == 1
+    assert daemon.proc.poll() is None
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0
