@@ -107,7 +107,9 @@ class SessionRunner:
                 self.pool = await stack.enter_async_context(open_pool(self.settings))
         self.degraded = False
         self.state = LoginState.RESTORING
-        await self.restore()
+        async for attempt in _retrying(self.log, "database_unavailable"):
+            with attempt:
+                await self.restore()
 
     async def restore(self) -> None:
         """The newest good generation into the profile directory; an empty profile if none."""
@@ -132,6 +134,7 @@ class SessionRunner:
         """Run Chromium and watch the login; relaunch with backoff when it crashes."""
         delay = 1.0
         while True:
+            launched = time.monotonic()
             try:
                 await self.browser.start()
                 if self.browser_ran:
@@ -141,6 +144,8 @@ class SessionRunner:
                               since_start_ms=self._since_start())
                 await self.watch()
             except (BrowserCrashed, PlaywrightError) as exc:
+                if time.monotonic() - launched > 300:
+                    delay = 1.0  # it ran well for a while: this is a new incident
                 self.log.error("browser_crashed", reason=str(exc).splitlines()[0][:300],
                                retry_in_s=delay)
             await self.browser.close()
