@@ -7,7 +7,7 @@ cd "$repo_root"
 export PATH="$HOME/.local/bin:$PATH"
 export UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-never}"
 # Use the system trust store too (mirrors behind a corporate or sandbox CA).
-export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}"
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
