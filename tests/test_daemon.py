@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,9 @@ def login(daemon: Daemon, demo_port: int) -> None:
     first = daemon.wait_for("qr_required", 60)
     assert first["qr_payload"]
     code, body = daemon.readyz()
-    assert code == 503 and body["state"] == "qr_required"
+    assert code == 503 and body["state"] == "qr_required" and body["qr_available"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"status": "alive"}
     assert link_demo(demo_port)["linked"]
     daemon.wait_for("ready", 30)
     daemon.wait_for("login_checkpoint", 30)
