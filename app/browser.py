@@ -73,6 +73,10 @@ class BrowserCrashed(Exception):
     """Chromium or the page died (not closed by us)."""
 
 
+class TargetUnreachable(Exception):
+    """Chromium runs, but the target page did not load (network, DNS, site down)."""
+
+
 def remove_singletons(profile: Path) -> list[str]:
     """Delete Chromium's Singleton* lock files; a stale one from another host blocks launch."""
     removed = []
@@ -134,7 +138,13 @@ class Browser:
         page.on("close", lambda _: self._crashed("page closed"))
         self._page = page
         await self._plain_user_agent(context, page)
-        await page.goto(self.target.url, wait_until="domcontentloaded", timeout=GOTO_TIMEOUT_MS)
+        try:
+            await page.goto(self.target.url, wait_until="domcontentloaded",
+                            timeout=GOTO_TIMEOUT_MS)
+        except PlaywrightError as exc:
+            if self.crash_reason is not None:
+                raise BrowserCrashed(self.crash_reason) from None
+            raise TargetUnreachable(str(exc).splitlines()[0][:300]) from None
 
     async def _plain_user_agent(self, context: BrowserContext, page: Page) -> None:
         """Headless Chromium says "HeadlessChrome"; some sites (WhatsApp) then refuse to

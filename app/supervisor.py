@@ -30,7 +30,14 @@ from tenacity import (
     wait_exponential,
 )
 
-from app.browser import Browser, BrowserCrashed, LoginState, Observation, remove_singletons
+from app.browser import (
+    Browser,
+    BrowserCrashed,
+    LoginState,
+    Observation,
+    TargetUnreachable,
+    remove_singletons,
+)
 from app.chromium import find_chromium
 from app.errors import CaptureInvalid, CorruptSnapshot, DatabaseUnavailable, NotFound
 from app.http import HttpServer
@@ -143,6 +150,9 @@ class SessionRunner:
                 self.log.info("browser_started", url=self.browser.target.url,
                               since_start_ms=self._since_start())
                 await self.watch()
+            except TargetUnreachable as exc:
+                self.log.warning("target_unreachable", url=self.browser.target.url,
+                                 reason=str(exc), retry_in_s=delay)
             except (BrowserCrashed, PlaywrightError) as exc:
                 if time.monotonic() - launched > 300:
                     delay = 1.0  # it ran well for a while: this is a new incident

@@ -286,3 +286,61 @@ def test_chromium_crash_is_survived(start: Callable[..., Daemon],
     assert daemon.proc.poll() is None
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(30) == 0
+
+
+def test_custom_target_and_unreachable_site(start: Callable[..., Daemon]) -> None:
+    """`custom` drives any site by its selectors; a site that does not answer is retried."""
+    import threading
+
+    from app.demo.server import DemoSite
+
+    port = free_port()
+    ready = threading.Event()
+    stop = threading.Event()
+    site_holder: list[DemoSite] = []
+
+    def serve() -> None:
+        async def main() -> None:
+            site = DemoSite(port=port, message_rate=0)
+            site_holder.append(site)
+            await site.start()
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await site.stop()
+
+        asyncio.run(main())
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(10)
+    try:
+        daemon = start(SESSIONKEEPER_TARGET="custom",
+                       SESSIONKEEPER_TARGET_URL=f"http://127.0.0.1:{port}/",
+                       SESSIONKEEPER_QR_SELECTOR="#qr img, #qr svg",
+                       SESSIONKEEPER_READY_SELECTOR="#chat-list",
+                       SESSIONKEEPER_LOGGED_OUT_SELECTOR="[data-testid='logged-out']")
+        shown = daemon.wait_for("qr_required", 60)
+        assert shown["qr_payload"] == site_holder[0].current_payload  # from an ancestor's data-ref
+        assert link_demo(port)["linked"]
+        daemon.wait_for("ready", 30)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(30) == 0
+    finally:
+        stop.set()
+        server.join(10)
+
+    down = start(SESSIONKEEPER_TARGET="custom", SESSIONKEEPER_TARGET_URL="http://127.0.0.1:9/",
+                 SESSIONKEEPER_QR_SELECTOR="#qr", SESSIONKEEPER_READY_SELECTOR="#ok")
+    event = down.wait_for("target_unreachable", 60)
+    assert event["retry_in_s"] >= 1 and "127.0.0.1:9" in event["url"]
+    assert down.proc.poll() is None and "browser_crashed" not in down.names()
+    down.signal(signal.SIGTERM)
+    assert down.wait_exit(30) == 0
+
+
+def test_custom_target_needs_its_selectors(start: Callable[..., Daemon]) -> None:
+    daemon = start(SESSIONKEEPER_TARGET="custom", SESSIONKEEPER_TARGET_URL="http://x.test/")
+    assert daemon.wait_exit(30) == 2
+    errors = [line for line in daemon.raw if "error" in line.lower()]
+    assert len(errors) == 1 and "SESSIONKEEPER_QR_SELECTOR" in errors[0], daemon.log_text()
