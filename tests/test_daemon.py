@@ -305,8 +305,7 @@ def test_custom_target_and_unreachable_site(start: Callable[..., Daemon]) -> Non
             site_holder.append(site)
             await site.start()
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(stop.wait)
             await site.stop()
 
         asyncio.run(main())
