@@ -27,3 +27,7 @@ class CorruptSnapshot(UserError):
 
 class CaptureInvalid(UserError):
     """A staged copy of a live profile stayed inconsistent after every retry."""
+
+
+class LeaseLost(UserError):
+    """Another process owns the session now: this one must stop without writing."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import time
 
-from app.errors import CorruptSnapshot
-from app.snapshot.manifest import FORMAT_VERSION, Manifest
+import asyncpg
+
+from app.errors import CorruptSnapshot, LeaseLost
+from app.snapshot.manifest import FORMAT_VERSION, Manifest, PackedManifest
 from app.store import repo
+from app.store.leases import FENCED_SQLSTATE
 from app.store.repo import Conn
 from app.vault.manifests import store_lists
 
@@ -15,18 +18,34 @@ from app.vault.manifests import store_lists
 async def commit_manifest(
     conn: Conn, session_id: str, manifest: Manifest, *, level: int, kind: str,
     login_state: str | None, chunks_new: int, bytes_uploaded: int, started: float,
+    lease_token: int | None = None,
 ) -> tuple[int, int]:
     """Store the list objects, check every chunk is stored, insert the generation.
 
     Returns (generation, bytes uploaded including the manifest and its list objects).
 
     The caller holds the session's chunk lock shared, so nothing it counted on can vanish;
-    the count is a last check that the generation never names a missing chunk.
+    the count is a last check that the generation never names a missing chunk. With a lease
+    token, the database refuses the insert if a newer owner exists (LeaseLost).
     """
     packed = manifest.pack(level)
     uploaded = bytes_uploaded + len(packed.data)
     uploaded += await store_lists(conn, session_id, packed, level)
     distinct = list(manifest.digests() | set(packed.lists))
+    try:
+        return await _insert(conn, session_id, manifest, packed, distinct, uploaded, kind,
+                             login_state, chunks_new, started, lease_token)
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == FENCED_SQLSTATE:
+            raise LeaseLost(f"session {session_id!r}: {exc}") from None
+        raise
+
+
+async def _insert(
+    conn: Conn, session_id: str, manifest: Manifest, packed: PackedManifest,
+    distinct: list[bytes], uploaded: int, kind: str, login_state: str | None, chunks_new: int,
+    started: float, lease_token: int | None,
+) -> tuple[int, int]:
     async with conn.transaction():
         present = await repo.count_present(conn, session_id, distinct)
         if present != len(distinct):
@@ -43,5 +62,6 @@ async def commit_manifest(
             "bytes_uploaded": uploaded, "chunks_total": len(manifest.digests()),
             "chunks_new": chunks_new, "chunks_reused": len(manifest.digests()) - chunks_new,
             "duration_ms": int((time.monotonic() - started) * 1000),
+            "lease_token": lease_token,
         })
     return generation, uploaded

@@ -129,9 +129,12 @@ async def _known_digests(conn: Conn, session_id: str,
 async def save_snapshot(
     pool: asyncpg.Pool, session_id: str, profile: Path, options: VaultOptions,
     *, kind: str = "manual", login_state: str | None = None,
-    progress: ProgressSink | None = None,
+    progress: ProgressSink | None = None, lease_token: int | None = None,
 ) -> SaveResult:
-    """Capture the profile and commit a new generation if anything changed."""
+    """Capture the profile and commit a new generation if anything changed.
+
+    With a lease token the commit is fenced: LeaseLost if another process owns the session.
+    """
     log = get_logger(session_id=session_id)
     progress = progress or NullProgress()
     started = time.monotonic()
@@ -147,7 +150,7 @@ async def save_snapshot(
         cache_path = StatCache.path_for(work, session_id)
         cache = StatCache.load(cache_path, session_id)
         result = await _save_tree(pool, session_id, tree, cache, options, kind, login_state,
-                                  progress, started)
+                                  progress, started, lease_token)
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
     await anyio.to_thread.run_sync(cache.save, cache_path)
@@ -163,7 +166,7 @@ async def save_snapshot(
 async def _save_tree(
     pool: asyncpg.Pool, session_id: str, tree: StagedTree, cache: StatCache,
     options: VaultOptions, kind: str, login_state: str | None, progress: ProgressSink,
-    started: float,
+    started: float, lease_token: int | None,
 ) -> SaveResult:
     def result(changed: bool, manifest: Manifest, generation: int | None,
                uploader: _Uploader | None) -> SaveResult:
@@ -215,7 +218,7 @@ async def _save_tree(
             generation, uploader.bytes_uploaded = await commit_manifest(
                 conn, session_id, manifest, level=options.zstd_level, kind=kind,
                 login_state=login_state, chunks_new=uploader.chunks_new,
-                bytes_uploaded=uploader.bytes_uploaded, started=started,
+                bytes_uploaded=uploader.bytes_uploaded, started=started, lease_token=lease_token,
             )
             cache.belongs_to(generation, manifest.content_digest())
             return result(True, manifest, generation, uploader)

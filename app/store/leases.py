@@ -1,0 +1,106 @@
+"""Leases: which process owns a session, until when (database clock), with which token.
+
+A lease is acquired only when free, expired, or already ours; every acquisition increments the
+fencing token. Renewal is fenced by owner and token, so a process can never extend a lease that
+another has taken meanwhile. Times are `now()` in PostgreSQL, never the container's clock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from app.store.repo import Conn
+
+FENCED_SQLSTATE = "SK001"
+
+
+def owner_id() -> str:
+    """This process's owner id: the platform's replica id, else host name and pid."""
+    for var in ("RAILWAY_REPLICA_ID", "RENDER_INSTANCE_ID"):
+        value = os.environ.get(var)
+        if value:
+            return f"{value}-{os.getpid()}"
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a session's lease now."""
+
+    owner: str | None
+    token: int
+    expires_in_s: float | None
+
+
+async def try_acquire(conn: Conn, session_id: str, owner: str, ttl_s: float) -> int | None:
+    """Take the lease if it is free, expired or ours; returns the new fencing token."""
+    await conn.execute("INSERT INTO sessions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+                       session_id)
+    token: int | None = await conn.fetchval(
+        """UPDATE sessions
+              SET owner = $2, lease_token = lease_token + 1,
+                  lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+            WHERE id = $1
+              AND (owner IS NULL OR owner = $2 OR lease_expires_at < now())
+        RETURNING lease_token""",
+        session_id, owner, ttl_s,
+    )
+    return token
+
+
+async def renew(conn: Conn, session_id: str, owner: str, token: int, ttl_s: float) -> bool:
+    """Extend our lease; False if another process holds it now (the token moved on)."""
+    renewed: int | None = await conn.fetchval(
+        """UPDATE sessions SET lease_expires_at = now() + make_interval(secs => $4)
+            WHERE id = $1 AND owner = $2 AND lease_token = $3
+        RETURNING 1""",
+        session_id, owner, token, ttl_s,
+    )
+    return renewed is not None
+
+
+async def mark_handover(conn: Conn, session_id: str, owner: str, token: int) -> None:
+    """Note the start of a hand-over (the owner got SIGTERM), for timing it."""
+    await conn.execute(
+        "UPDATE sessions SET handover_started_at = now() "
+        "WHERE id = $1 AND owner = $2 AND lease_token = $3",
+        session_id, owner, token,
+    )
+
+
+async def release(conn: Conn, session_id: str, owner: str, token: int) -> bool:
+    """Give the lease up (after the final snapshot); False if it was not ours any more."""
+    released: int | None = await conn.fetchval(
+        """UPDATE sessions SET owner = NULL, lease_expires_at = NULL
+            WHERE id = $1 AND owner = $2 AND lease_token = $3
+        RETURNING 1""",
+        session_id, owner, token,
+    )
+    return released is not None
+
+
+async def holder(conn: Conn, session_id: str) -> Holder:
+    """The current holder of a session's lease (owner None when free)."""
+    row = await conn.fetchrow(
+        """SELECT owner, lease_token,
+                  extract(epoch FROM lease_expires_at - now())::float8 AS expires_in
+             FROM sessions WHERE id = $1""",
+        session_id,
+    )
+    if row is None:
+        return Holder(None, 0, None)
+    expired = row["expires_in"] is None or row["expires_in"] < 0
+    return Holder(None if expired else row["owner"], row["lease_token"],
+                  None if expired else row["expires_in"])
+
+
+async def handover_seconds(conn: Conn, session_id: str) -> float | None:
+    """Seconds since the previous owner started handing over, on the database clock."""
+    value: float | None = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - handover_started_at)::float8 FROM sessions "
+        "WHERE id = $1",
+        session_id,
+    )
+    return value
