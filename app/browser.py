@@ -55,6 +55,7 @@ class LoginState(StrEnum):
     """What the session looks like from outside."""
 
     STARTING = "starting"
+    WAITING_FOR_LEASE = "waiting_for_lease"
     RESTORING = "restoring"
     QR_REQUIRED = "qr_required"
     READY = "ready"

@@ -44,8 +44,12 @@ def redact(value: Any) -> Any:
     return value
 
 
+# Names that look secret but are not: a fencing token is a counter, not a credential.
+_NOT_SECRET = frozenset({"session_key", "fencing_token", "lease_token"})
+
+
 def _is_secret_key(key: Any) -> bool:
-    return isinstance(key, str) and bool(_SECRET_KEYS.search(key)) and key != "session_key"
+    return isinstance(key, str) and bool(_SECRET_KEYS.search(key)) and key not in _NOT_SECRET
 
 
 def _redact_processor(

@@ -45,6 +45,7 @@ ACCEPTS: dict[str, str] = {
     "snapshot_interval": "a number of seconds >= 30",
     "shutdown_timeout": "a number of seconds > 0",
     "demo_port": "an integer from 1 to 65535",
+    "lease_ttl": "a number of seconds from 2 to 3600",
     "demo_message_rate": "a number of messages per minute >= 0",
     "demo_link_after": "a number of seconds >= 0",
     "demo_history_mb": "a number of MB from 0 to 4096",
@@ -141,6 +142,10 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         default=25.0, gt=0,
         description="Seconds for close + final snapshot after SIGTERM (Render kills at 30).",
+    )
+    lease_ttl: float = Field(
+        default=30.0, ge=2, le=3600,
+        description="Seconds a session's lease lasts unless renewed (every third of it).",
     )
     demo_port: int = Field(
         default=8765, ge=1, le=65535, description="Loopback port of the bundled demo site.",

@@ -13,6 +13,7 @@ the process at once.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,12 +40,18 @@ from app.browser import (
     remove_singletons,
 )
 from app.chromium import find_chromium
-from app.errors import CaptureInvalid, CorruptSnapshot, DatabaseUnavailable, NotFound
+from app.errors import (
+    CaptureInvalid,
+    CorruptSnapshot,
+    DatabaseUnavailable,
+    LeaseLost,
+    NotFound,
+)
 from app.http import HttpServer
 from app.log import get_logger
 from app.qr import print_terminal_qr
 from app.settings import Settings
-from app.store import repo
+from app.store import leases, repo
 from app.store.db import open_pool
 from app.targets import WHATSAPP, Target, custom_target, demo_target
 from app.vault.options import VaultOptions
@@ -91,6 +98,8 @@ class SessionRunner:
         self._snapshot_lock = anyio.Lock()
         # Called with the payload of the first QR code of a login (the demo's simulated phone).
         self.on_first_qr: Callable[[str], object] | None = None
+        self.owner = leases.owner_id()
+        self.lease_token: int | None = None
 
     # ------------------------------------------------------------------ facts
 
@@ -113,10 +122,75 @@ class SessionRunner:
                 self.degraded = True
                 self.pool = await stack.enter_async_context(open_pool(self.settings))
         self.degraded = False
-        self.state = LoginState.RESTORING
-        async for attempt in _retrying(self.log, "database_unavailable"):
-            with attempt:
-                await self.restore()
+
+    async def serve(self) -> None:
+        """Own the session and keep it, for as long as the lease holds; when it is lost, stop
+        the browser without writing and wait for the lease again."""
+        while True:
+            await self.acquire_lease()
+            self.state = LoginState.RESTORING
+            async for attempt in _retrying(self.log, "database_unavailable"):
+                with attempt:
+                    await self.restore()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.keep_lease)
+                    tg.start_soon(self.browser_loop)
+                    tg.start_soon(self.snapshot_loop)
+            except* LeaseLost as group:
+                await self.browser.close()  # no snapshot: the session is someone else's now
+                self.log.error("lease_lost", fencing_token=self.lease_token,
+                               reason=str(group.exceptions[0])[:300])
+                self.lease_token = None
+                self.state, self.qr_payload = LoginState.STARTING, None
+
+    async def acquire_lease(self) -> None:
+        """Wait until this process holds the session's lease (polling while another does)."""
+        assert self.pool is not None
+        ttl = self.settings.lease_ttl
+        waited = time.monotonic()
+        last_holder: str | None = None
+        while True:
+            async for attempt in _retrying(self.log, "database_unavailable"):
+                with attempt:
+                    async with self.pool.acquire() as conn:
+                        token = await leases.try_acquire(conn, self.session_id, self.owner, ttl)
+                        held = None if token else await leases.holder(conn, self.session_id)
+            if token is not None:
+                break
+            assert held is not None
+            self.state = LoginState.WAITING_FOR_LEASE
+            if held.owner != last_holder:
+                last_holder = held.owner
+                self.log.info("waiting_for_lease", holder=held.owner,
+                              expires_in_s=round(held.expires_in_s or 0, 1))
+            await anyio.sleep(min(0.5, ttl / 3))
+        self.lease_token = token
+        self.log.info("lease_acquired", fencing_token=token, owner=self.owner,
+                      waited_ms=int((time.monotonic() - waited) * 1000))
+
+    async def keep_lease(self) -> None:
+        """Renew every third of the TTL; LeaseLost when another owner took it, or when no
+        renewal succeeded for a whole TTL (a partition or a long pause)."""
+        assert self.pool is not None and self.lease_token is not None
+        ttl = self.settings.lease_ttl
+        renewed = time.monotonic()
+        while True:
+            await anyio.sleep(ttl / 3)
+            try:
+                async with self.pool.acquire() as conn:
+                    ok = await leases.renew(conn, self.session_id, self.owner,
+                                            self.lease_token, ttl)
+            except DB_ERRORS as exc:
+                self.degraded = True
+                self.log.warning("lease_renewal_failed", reason=str(exc)[:300])
+                ok = None
+            if ok:
+                renewed = time.monotonic()
+            elif ok is False:
+                raise LeaseLost("another process took the lease")
+            elif time.monotonic() - renewed > ttl:
+                raise LeaseLost(f"no renewal for {ttl:.0f} s")
 
     async def restore(self) -> None:
         """The newest good generation into the profile directory; an empty profile if none."""
@@ -195,6 +269,7 @@ class SessionRunner:
         if seen.state is LoginState.READY:
             self.qr_payload = None
             self.log.info("ready", previous=previous.value, since_start_ms=self._since_start())
+            await self._log_handover()
             if not self.has_login_snapshot:
                 await self.checkpoint()
             return
@@ -252,8 +327,12 @@ class SessionRunner:
                         self.log.info("snapshot_skipped", kind=kind,
                                       reason="qr page; a logged-in generation is kept")
                         return None
+            if self.lease_token is None:
+                self.log.info("snapshot_skipped", kind=kind, reason="no lease")
+                return None
             result = await save_snapshot(self.pool, self.session_id, self.profile,
-                                         self.options, kind=kind, login_state=login_state)
+                                         self.options, kind=kind, login_state=login_state,
+                                         lease_token=self.lease_token)
             self.degraded = False
             if login_state == "ready":
                 self.has_login_snapshot = True
@@ -268,12 +347,17 @@ class SessionRunner:
         self.log.info("shutdown_started", state=self.state.value)
         result: SaveResult | None = None
         with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
+            held = self.pool is not None and self.lease_token is not None
+            if held:
+                await self._lease_call(leases.mark_handover)
             await self.browser.close()
-            if self.browser_ran and self.pool is not None:
+            if self.browser_ran and held:
                 try:
                     result = await self.snapshot("shutdown")
-                except (*DB_ERRORS, CaptureInvalid) as exc:
+                except (*DB_ERRORS, CaptureInvalid, LeaseLost) as exc:
                     self.log.error("final_snapshot_failed", reason=str(exc)[:300])
+            if held and await self._lease_call(leases.release):
+                self.log.info("lease_released", fencing_token=self.lease_token)
             await self.browser.stop()
         if scope.cancelled_caught:
             self.log.error("shutdown_timeout", timeout_s=self.settings.shutdown_timeout)
@@ -282,6 +366,31 @@ class SessionRunner:
                       generation=result.generation if result else None,
                       changed=result.changed if result else False)
         return True
+
+    async def _lease_call(self, call: Callable[..., Any]) -> Any:
+        """A lease operation of ours, best effort (the database may be away at shutdown)."""
+        assert self.pool is not None and self.lease_token is not None
+        try:
+            async with self.pool.acquire() as conn:
+                return await call(conn, self.session_id, self.owner, self.lease_token)
+        except DB_ERRORS as exc:
+            self.log.warning("lease_call_failed", call=call.__name__, reason=str(exc)[:300])
+            return None
+
+    async def _log_handover(self) -> None:
+        """Time from the previous owner's SIGTERM to ready here (database clock), once."""
+        if self.pool is None or self.lease_token is None:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                seconds = await leases.handover_seconds(conn, self.session_id)
+                if seconds is not None:
+                    await leases.clear_handover(conn, self.session_id, self.owner,
+                                                self.lease_token)
+        except DB_ERRORS:
+            return
+        if seconds is not None and seconds < 3600:
+            self.log.info("handover_completed", seconds=round(seconds, 3))
 
     def _since_start(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -299,13 +408,37 @@ async def _target(settings: Settings) -> AsyncIterator[tuple[Target, Any]]:
 
         site = DemoSite(port=settings.demo_port, message_rate=settings.demo_message_rate,
                         history_kb=int(settings.demo_history_mb * 1024))
-        url = await site.start()
-        get_logger().info("demo_site_started", url=url,
-                          link="run `sessionkeeper demo link` to approve the QR code")
+        url = f"http://127.0.0.1:{settings.demo_port}/"
+        binder: asyncio.Task[None] | None = None
+        try:
+            await site.start()
+            get_logger().info("demo_site_started", url=url,
+                              link="run `sessionkeeper demo link` to approve the QR code")
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            # During a hand-over the previous owner still serves the demo site on this port
+            # (the same origin, so the restored profile's data belongs to it); take the port
+            # over once it is free.
+            get_logger().info("demo_site_port_busy", url=url)
+            binder = asyncio.create_task(_bind_when_free(site))
         try:
             yield demo_target(url), site
         finally:
+            if binder is not None:
+                binder.cancel()
             await site.stop()
+
+
+async def _bind_when_free(site: Any) -> None:
+    while True:
+        try:
+            await site.start()
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        get_logger().info("demo_site_started", url=site.url)
+        return
 
 
 def _install_signals(on_signal: Callable[[str], None]) -> None:
@@ -357,7 +490,6 @@ async def run_daemon(settings: Settings) -> int:
             tg.start_soon(stop_on_signal)
             tg.start_soon(runner.browser.prepare)
             await runner.boot(stack)
-            tg.start_soon(runner.browser_loop)
-            tg.start_soon(runner.snapshot_loop)
+            await runner.serve()
         ok = await runner.shutdown()
     return 0 if ok else 1

@@ -19,7 +19,7 @@ import pytest
 from app.settings import Settings
 from app.store.db import open_pool
 from app.vault.restore import restore_profile
-from tests.support.daemon import Daemon, free_port, link_demo
+from tests.support.daemon import Daemon, descendants, free_port, link_demo, process_table
 from tests.support.inspect_profile import inspect_demo_profile
 
 SESSION = "e2e"
@@ -35,6 +35,8 @@ def daemon_env(database_url: str, tmp_path: Path) -> dict[str, str]:
         SESSIONKEEPER_DEMO_MESSAGE_RATE="600", SESSIONKEEPER_SESSION_ID=SESSION,
         SESSIONKEEPER_PROFILE_DIR=str(tmp_path / "profile"),
         SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"), SESSIONKEEPER_LOG_FORMAT="json",
+        # A killed owner's lease runs out quickly, so the next boot need not wait 30 s.
+        SESSIONKEEPER_LEASE_TTL="6",
     )
     return env
 
@@ -214,7 +216,10 @@ def test_database_outage_mid_run(start: Callable[..., Daemon], daemon_env: dict[
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     db = PrivateServer(Path("/tmp") / f"sk-outage-{os.getpid()}")
     try:
-        daemon = start(DATABASE_URL=db.url, SESSIONKEEPER_SNAPSHOT_INTERVAL="30")
+        # A lease longer than the outage: the browser keeps running meanwhile. (An outage
+        # longer than the lease means this process can no longer prove it owns the session.)
+        daemon = start(DATABASE_URL=db.url, SESSIONKEEPER_SNAPSHOT_INTERVAL="30",
+                       SESSIONKEEPER_LEASE_TTL="600")
         login(daemon, demo_port)
         db.stop()
         failed = daemon.wait_for("snapshot_failed", 60)
@@ -238,30 +243,11 @@ def test_database_outage_mid_run(start: Callable[..., Daemon], daemon_env: dict[
 
 
 def _browser_pids(root: int) -> list[int]:
-    """Chromium's main process(es) below root (Playwright starts it in a process group of its
-    own; its helper processes carry --type=...)."""
-    parents: dict[int, int] = {}
-    cmdlines: dict[int, list[bytes]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-
-    def below_root(pid: int) -> bool:
-        while pid > 1:
-            pid = parents.get(pid, 0)
-            if pid == root:
-                return True
-        return False
-
-    return [pid for pid, cmd in cmdlines.items()
-            if cmd and b"chrom" in cmd[0] and b"crashpad" not in cmd[0]
-            and not any(a.startswith(b"--type=") for a in cmd) and below_root(pid)]
+    """Chromium's main process(es) below root (its helper processes carry --type=...)."""
+    table = process_table()
+    return [pid for pid in descendants(root)
+            if pid in table and (cmd := table[pid][1]) and b"chrom" in cmd[0]
+            and b"crashpad" not in cmd[0] and not any(a.startswith(b"--type=") for a in cmd)]
 
 
 def test_chromium_crash_is_survived(start: Callable[..., Daemon],
@@ -269,7 +255,10 @@ def test_chromium_crash_is_survived(start: Callable[..., Daemon],
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     daemon = start()
     login(daemon, demo_port)
-    pids = _browser_pids(daemon.proc.pid)
+    # The login checkpoint relaunches Chromium: wait for the new one.
+    deadline = time.monotonic() + 15
+    while not (pids := _browser_pids(daemon.proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert pids, "no Chromium process found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -343,3 +332,35 @@ def test_custom_target_needs_its_selectors(start: Callable[..., Daemon]) -> None
     assert daemon.wait_exit(30) == 2
     errors = [line for line in daemon.raw if "error" in line.lower()]
     assert len(errors) == 1 and "SESSIONKEEPER_QR_SELECTOR" in errors[0], daemon.log_text()
+
+
+def test_handover_to_a_waiting_process(start: Callable[..., Daemon],
+                                       daemon_env: dict[str, str], database_url: str) -> None:
+    """A deploy: B starts while A owns the session; B waits; A's SIGTERM hands over."""
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    old = start()
+    login(old, demo_port)
+    new = start(PORT=str(free_port()))  # each container has its own network
+    waiting = new.wait_for("waiting_for_lease", 60)
+    assert waiting["holder"] and waiting["holder"].endswith(f"-{old.proc.pid}")
+    assert "browser_started" not in new.names()
+    code, body = new.readyz()
+    assert code == 503 and body["state"] == "waiting_for_lease"
+    old.signal(signal.SIGTERM)
+    assert old.wait_exit(30) == 0
+    final = old.wait_for("shutdown_completed")
+    old.wait_for("lease_released")
+    restored = new.wait_for("session_restored", 30)
+    assert restored["generation"] == final["generation"]
+    new.wait_for("ready", 60)
+    handover = new.wait_for("handover_completed", 10)
+    assert 0 < handover["seconds"] < 30
+    assert "qr_required" not in new.names()
+    # Never two browsers: B launched only after A had exited.
+    started = new.wait_for("browser_started")
+    assert started["_t"] > old.events[-1]["_t"]
+    tokens = [e["fencing_token"] for d in (old, new) for e in d.events
+              if e.get("event") == "lease_acquired"]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 2
+    new.signal(signal.SIGTERM)
+    assert new.wait_exit(30) == 0

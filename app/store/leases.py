@@ -70,6 +70,15 @@ async def mark_handover(conn: Conn, session_id: str, owner: str, token: int) -> 
     )
 
 
+async def clear_handover(conn: Conn, session_id: str, owner: str, token: int) -> None:
+    """Forget the hand-over mark once its time has been logged."""
+    await conn.execute(
+        "UPDATE sessions SET handover_started_at = NULL "
+        "WHERE id = $1 AND owner = $2 AND lease_token = $3",
+        session_id, owner, token,
+    )
+
+
 async def release(conn: Conn, session_id: str, owner: str, token: int) -> bool:
     """Give the lease up (after the final snapshot); False if it was not ours any more."""
     released: int | None = await conn.fetchval(

@@ -19,6 +19,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def process_table() -> dict[int, tuple[int, list[bytes]]]:
+    """pid -> (parent pid, command line) of every process, from /proc."""
+    table: dict[int, tuple[int, list[bytes]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return table
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below root (Playwright starts Chromium in a process group of its own)."""
+    table = process_table()
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,10 +119,18 @@ class Daemon:
 
     def kill_all(self) -> None:
         """SIGKILL the daemon and every process it started (Chromium, Playwright's driver)."""
+        below = descendants(self.proc.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
+        # Wait until Chromium is really gone: it must not write into a profile we delete.
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def link_demo(demo_port: int) -> dict[str, Any]:
