@@ -364,3 +364,67 @@ def test_handover_to_a_waiting_process(start: Callable[..., Daemon],
     assert tokens == sorted(tokens) and len(set(tokens)) == 2
     new.signal(signal.SIGTERM)
     assert new.wait_exit(30) == 0
+
+
+def _sql(url: str, query: str, *args: Any) -> Any:
+    async def go() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_lost_lease_stops_the_browser_without_writing(
+        start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str) -> None:
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    daemon = start()
+    login(daemon, demo_port)
+    before = generations(database_url)
+    # Another owner takes the session (as after a partition that outlived the lease).
+    _sql(database_url, "UPDATE sessions SET owner = 'intruder', lease_token = lease_token + 1,"
+         " lease_expires_at = now() + interval '1 hour' WHERE id = $1", SESSION)
+    lost = daemon.wait_for("lease_lost", 15)
+    assert "another process" in lost["reason"]
+    daemon.wait_for("waiting_for_lease", 10, holder="intruder")
+    deadline = time.monotonic() + 10
+    while _browser_pids(daemon.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _browser_pids(daemon.proc.pid)
+    assert daemon.readyz()[1]["state"] == "waiting_for_lease"
+    assert generations(database_url) == before  # nothing written after the loss
+    # The intruder goes away: the session comes back here, still logged in.
+    _sql(database_url, "UPDATE sessions SET owner = NULL, lease_expires_at = NULL WHERE id = $1",
+         SESSION)
+    acquired = [e for e in daemon.events if e.get("event") == "lease_acquired"]
+    deadline = time.monotonic() + 20
+    while len(acquired) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        acquired = [e for e in daemon.events if e.get("event") == "lease_acquired"]
+    assert len(acquired) == 2 and acquired[1]["fencing_token"] > acquired[0]["fencing_token"]
+    deadline = time.monotonic() + 30
+    while daemon.names().count("ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemon.names().count("ready") >= 2 and daemon.names().count("qr_required") == 1
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0
+
+
+def test_killed_owner_is_replaced_within_the_ttl(
+        start: Callable[..., Daemon], daemon_env: dict[str, str]) -> None:
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    old = start()
+    login(old, demo_port)
+    new = start(PORT=str(free_port()))
+    new.wait_for("waiting_for_lease", 60)
+    old.kill_all()
+    killed = time.monotonic()
+    acquired = new.wait_for("lease_acquired", 30)
+    ttl = float(daemon_env["SESSIONKEEPER_LEASE_TTL"])
+    assert acquired["_t"] - killed <= ttl + 1.5  # the TTL plus one poll, with some slack
+    new.wait_for("ready", 60)
+    assert "qr_required" not in new.names()
+    new.signal(signal.SIGTERM)
+    assert new.wait_exit(30) == 0
