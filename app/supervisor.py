@@ -1,13 +1,15 @@
-"""The daemon, read top to bottom: boot -> restore -> run -> snapshot -> shutdown.
+"""The daemon, read top to bottom: boot -> own -> restore -> run -> snapshot -> shutdown.
 
-One process keeps one session: it connects to PostgreSQL (waiting while it is away), restores
-the newest logged-in generation into the profile directory, launches Chromium on it and watches
-the login state. A periodic loop snapshots the live profile; right after a fresh login a
-checkpoint (close Chromium, snapshot, relaunch: about 1.5 s) makes the login durable at once,
-rather than hoping Chromium flushed cookies (about 30 s) before a crash. The first SIGTERM or
-SIGINT closes Chromium (it writes everything it holds), takes a final snapshot shielded from
-cancellation and bounded by SESSIONKEEPER_SHUTDOWN_TIMEOUT, and exits 0; a second signal ends
-the process at once.
+One process keeps one session: it connects to PostgreSQL (waiting while it is away), takes the
+session's lease (waiting while another process holds it), restores the newest logged-in
+generation into the profile directory, launches Chromium on it and watches the login state.
+Every snapshot carries the lease's fencing token; a lost lease stops the browser without a
+write, and the process waits for the lease again. A periodic loop snapshots the live profile;
+right after a fresh login a checkpoint (close Chromium, snapshot, relaunch) makes the login
+durable at once, rather than hoping Chromium flushed cookies (about 30 s) before a crash. The
+first SIGTERM or SIGINT closes Chromium (it writes everything it holds), takes a final snapshot
+shielded from cancellation and bounded by SESSIONKEEPER_SHUTDOWN_TIMEOUT, releases the lease
+for the next owner, and exits 0; a second signal ends the process at once.
 """
 
 from __future__ import annotations
