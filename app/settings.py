@@ -7,6 +7,7 @@ is `SESSIONKEEPER_*`. `describe_settings()` feeds the README table and the error
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,8 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ACCEPTS: dict[str, str] = {
     "database_url": "a postgres:// or postgresql:// URL",
     "port": "an integer from 1 to 65535",
+    "session_ids": "comma-separated session ids (each like SESSIONKEEPER_SESSION_ID), no "
+    "duplicates",
     "session_id": "1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric",
     "profile_dir": "a directory path",
     "keep_generations": "an integer >= 1",
@@ -78,6 +81,11 @@ class Settings(BaseSettings):
     session_id: str = Field(
         default="default", pattern=SESSION_ID_PATTERN,
         description="The session this process keeps.",
+    )
+    session_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Several sessions in one process (comma-separated): one Chromium, lease "
+        "and snapshot loop each, profiles in SESSIONKEEPER_PROFILE_DIR/<id>.",
     )
     profile_dir: Path = Field(
         default=Path(".sessionkeeper/profile"),
@@ -167,6 +175,21 @@ class Settings(BaseSettings):
     @classmethod
     def _target_lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("session_ids", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return _split_globs(value)
+
+    @field_validator("session_ids", mode="after")
+    @classmethod
+    def _valid_ids(cls, value: list[str]) -> list[str]:
+        for sid in value:
+            if not re.match(SESSION_ID_PATTERN, sid):
+                raise ValueError(f"bad session id {sid!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("duplicate session id")
+        return value
 
     @field_validator("include", "exclude", mode="before")
     @classmethod

@@ -457,6 +457,35 @@ def _install_signals(on_signal: Callable[[str], None]) -> None:
         loop.add_signal_handler(sig, handler, sig)
 
 
+def session_settings(settings: Settings) -> list[Settings]:
+    """One Settings per session: SESSIONKEEPER_SESSION_IDS gives each its own profile folder."""
+    if not settings.session_ids:
+        return [settings]
+    return [settings.model_copy(update={"session_id": sid,
+                                        "profile_dir": settings.profile_dir / sid})
+            for sid in settings.session_ids]
+
+
+async def _keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bool) -> None:
+    """Boot and serve one session. With several sessions a failure of one is logged and the
+    session starts over after a pause; the others go on."""
+    delay = 5.0
+    while True:
+        try:
+            if runner.pool is None:
+                await runner.boot(stack)
+            await runner.serve()
+        except Exception as exc:
+            if not isolate:
+                raise
+            runner.log.error("session_failed", reason=repr(exc)[:300], retry_in_s=delay)
+            await runner.browser.close()
+            runner.lease_token = None
+            runner.state = LoginState.STARTING
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+
+
 async def run_daemon(settings: Settings) -> int:
     """Run until a signal; returns the exit code."""
     started = time.monotonic()
@@ -471,18 +500,27 @@ async def run_daemon(settings: Settings) -> int:
     _install_signals(on_signal)
     async with AsyncExitStack() as stack:
         target, demo_site = await stack.enter_async_context(_target(settings))
-        runner = SessionRunner(settings, chromium, target, started)
+        runners = [SessionRunner(s, chromium, target, started)
+                   for s in session_settings(settings)]
         link_after = settings.demo_link_after
         if demo_site is not None and link_after is not None:
             # A simulated phone: approve the QR code shown, link_after seconds later.
             loop = asyncio.get_running_loop()
-            runner.on_first_qr = lambda payload: loop.call_later(link_after, demo_site.link,
-                                                                 payload)
-        http = HttpServer(runner.status, "0.0.0.0", settings.port)  # noqa: S104
+            for runner in runners:
+                runner.on_first_qr = lambda payload: loop.call_later(
+                    link_after, demo_site.link, payload)
+
+        def status() -> dict[str, Any]:
+            if len(runners) == 1:
+                return runners[0].status()
+            facts = [r.status() for r in runners]
+            return {"ready": all(f["ready"] for f in facts), "sessions": facts}
+
+        http = HttpServer(status, "0.0.0.0", settings.port)  # noqa: S104
         await http.start()
         stack.push_async_callback(http.stop)
         log.info("daemon_started", target=target.name, chromium=str(chromium),
-                 port=settings.port, profile_dir=str(runner.profile))
+                 port=settings.port, sessions=[r.session_id for r in runners])
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
@@ -490,8 +528,15 @@ async def run_daemon(settings: Settings) -> int:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_on_signal)
-            tg.start_soon(runner.browser.prepare)
-            await runner.boot(stack)
-            await runner.serve()
-        ok = await runner.shutdown()
-    return 0 if ok else 1
+            for runner in runners:
+                tg.start_soon(runner.browser.prepare)
+                tg.start_soon(_keep_session, runner, stack, len(runners) > 1)
+        results: list[bool] = []
+
+        async def shut(runner: SessionRunner) -> None:
+            results.append(await runner.shutdown())
+
+        async with anyio.create_task_group() as tg:
+            for runner in runners:
+                tg.start_soon(shut, runner)
+    return 0 if all(results) else 1

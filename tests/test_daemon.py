@@ -428,3 +428,46 @@ def test_killed_owner_is_replaced_within_the_ttl(
     assert "qr_required" not in new.names()
     new.signal(signal.SIGTERM)
     assert new.wait_exit(30) == 0
+
+
+def test_several_sessions_in_one_process(start: Callable[..., Daemon],
+                                         daemon_env: dict[str, str], database_url: str) -> None:
+    """SESSIONKEEPER_SESSION_IDS: a Chromium, a lease and snapshots each; a crash in one
+    session leaves the other alone."""
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    daemon = start(SESSIONKEEPER_SESSION_IDS="alpha,beta")
+    for sid in ("alpha", "beta"):
+        daemon.wait_for("qr_required", 60, session_id=sid)
+    assert link_demo(demo_port)["linked"]  # both pages show the demo site's one code
+    for sid in ("alpha", "beta"):
+        daemon.wait_for("login_checkpoint", 60, session_id=sid)
+    code, body = daemon.readyz()
+    assert code == 200 and {s["session_id"] for s in body["sessions"]} == {"alpha", "beta"}
+    profile = Path(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
+    assert (profile / "alpha").is_dir() and (profile / "beta").is_dir()
+
+    table = process_table()
+    alpha = [pid for pid in _browser_pids(daemon.proc.pid)
+             if any(str(profile / "alpha").encode() in a for a in table[pid][1])]
+    assert len(alpha) == 1
+    os.kill(alpha[0], signal.SIGKILL)
+    daemon.wait_for("browser_restarted", 60, session_id="alpha")
+    crashed = [e["session_id"] for e in daemon.events if e.get("event") == "browser_crashed"]
+    assert crashed == ["alpha"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(60) == 0
+    finals = {e["session_id"] for e in daemon.events if e.get("event") == "shutdown_completed"}
+    assert finals == {"alpha", "beta"}
+
+    async def owners() -> list[tuple[str, str | None]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT s.id, max(g.kind) FILTER (WHERE g.kind = 'login')"
+                                    " FROM sessions s JOIN snapshots g ON g.session_id = s.id"
+                                    " WHERE s.owner IS NULL GROUP BY s.id ORDER BY s.id")
+            return [(r[0], r[1]) for r in rows]
+        finally:
+            await conn.close()
+
+    # Both released, both with a login generation of their own.
+    assert asyncio.run(owners()) == [("alpha", "login"), ("beta", "login")]
