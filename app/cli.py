@@ -76,8 +76,19 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> dict[str,
 
 
 async def cmd_sessions(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """List sessions."""
+    """List sessions; `sessions add ID` / `sessions remove ID` for claim mode."""
+    from app.store import leases  # noqa: PLC0415
+
+    if args.action and not args.id:
+        raise ConfigError(f"sessions {args.action} needs a session id")
     async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+        if args.action == "add":
+            await leases.register(conn, args.id, args.target)
+            return {"session_id": args.id, "registered": True, "target": args.target}
+        if args.action == "remove":
+            if not await leases.unregister(conn, args.id):
+                raise UserError(f"no session {args.id!r} in the database")
+            return {"session_id": args.id, "registered": False}
         return {"sessions": await repo.list_sessions(conn)}
 
 
@@ -197,9 +208,9 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def _print_human(command: str, out: dict[str, Any]) -> None:
-    if command == "sessions":
+    if command == "sessions" and "sessions" in out:
         _print_table(out["sessions"], ["session_id", "generations", "latest_generation",
-                                       "latest_at", "bytes_stored"])
+                                       "latest_at", "bytes_stored", "registered", "owner"])
     elif command == "snapshots":
         _print_table(out["generations"], ["generation", "created_at", "kind", "login_state",
                                           "files", "bytes_raw", "bytes_uploaded"])
@@ -226,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
             "`demo link` approves the QR code it shows, like a phone scan")
     p.add_argument("action", nargs="?", choices=["link"], help="link: approve the QR code")
     add("migrate", cmd_migrate, "apply database migrations")
-    add("sessions", cmd_sessions, "list sessions")
+    p = add("sessions", cmd_sessions, "list sessions; `add ID` / `remove ID` register a "
+            "session for replicas in claim mode (SESSIONKEEPER_MAX_SESSIONS)")
+    p.add_argument("action", nargs="?", choices=["add", "remove"])
+    p.add_argument("id", nargs="?", type=_session)
+    p.add_argument("--target", choices=["whatsapp", "demo", "custom"],
+                   help="with add: the session's target (default: the replica's)")
     add("snapshots", cmd_snapshots, "list a session's generations").add_argument(
         "session", type=_session)
     p = add("snapshot", cmd_snapshot, "snapshot a profile directory into a session")
@@ -293,10 +309,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(1)
     if isinstance(out, int):
         sys.exit(out)
-    if args.json:
-        print(json.dumps(out, default=str))
-    else:
-        _print_human(args.command, out)
+    try:
+        if args.json:
+            print(json.dumps(out, default=str))
+        else:
+            _print_human(args.command, out)
+    except (KeyError, TypeError, ValueError) as exc:  # a bug in printing, not the work
+        sys.stderr.write(f"sessionkeeper: error: cannot print the result: {exc!r}\n")
+        sys.exit(1)
     sys.exit(0)
 
 

@@ -31,3 +31,7 @@ class CaptureInvalid(UserError):
 
 class LeaseLost(UserError):
     """Another process owns the session now: this one must stop without writing."""
+
+
+class SessionRemoved(Exception):
+    """The session was unregistered (claim mode): stop it, take a final snapshot, hand it back."""

@@ -49,6 +49,7 @@ ACCEPTS: dict[str, str] = {
     "shutdown_timeout": "a number of seconds > 0",
     "demo_port": "an integer from 1 to 65535",
     "lease_ttl": "a number of seconds from 2 to 3600",
+    "max_sessions": "an integer from 1 to 1000",
     "demo_message_rate": "a number of messages per minute >= 0",
     "demo_link_after": "a number of seconds >= 0",
     "demo_history_mb": "a number of MB from 0 to 4096",
@@ -150,6 +151,11 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         default=25.0, gt=0,
         description="Seconds for close + final snapshot after SIGTERM (Render kills at 30).",
+    )
+    max_sessions: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="Claim mode: run up to this many of the sessions registered with "
+        "`sessionkeeper sessions add`, claimed from the database.",
     )
     lease_ttl: float = Field(
         default=30.0, ge=2, le=3600,

@@ -48,6 +48,7 @@ from app.errors import (
     DatabaseUnavailable,
     LeaseLost,
     NotFound,
+    SessionRemoved,
 )
 from app.http import HttpServer
 from app.log import get_logger
@@ -102,6 +103,9 @@ class SessionRunner:
         self.on_first_qr: Callable[[str], object] | None = None
         self.owner = leases.owner_id()
         self.lease_token: int | None = None
+        # Claim mode: the lease was claimed for this runner; when it is lost or the session is
+        # removed, the runner ends instead of waiting (the claim loop decides what runs).
+        self.claimed = False
 
     # ------------------------------------------------------------------ facts
 
@@ -129,14 +133,18 @@ class SessionRunner:
         """Own the session and keep it, for as long as the lease holds; when it is lost, stop
         the browser without writing and wait for the lease again."""
         while True:
-            await self.acquire_lease()
+            if self.lease_token is None:
+                if self.claimed:
+                    return
+                await self.acquire_lease()
             self.state = LoginState.RESTORING
-            async for attempt in _retrying(self.log, "database_unavailable"):
-                with attempt:
-                    await self.restore()
             try:
                 async with anyio.create_task_group() as tg:
+                    # Renew from the start: a slow restore must not let the lease run out.
                     tg.start_soon(self.keep_lease)
+                    async for attempt in _retrying(self.log, "database_unavailable"):
+                        with attempt:
+                            await self.restore()
                     tg.start_soon(self.browser_loop)
                     tg.start_soon(self.snapshot_loop)
             except* LeaseLost as group:
@@ -145,6 +153,11 @@ class SessionRunner:
                                reason=str(group.exceptions[0])[:300])
                 self.lease_token = None
                 self.state, self.qr_payload = LoginState.STARTING, None
+            except* SessionRemoved:
+                self.log.info("session_removed")
+                await self.shutdown()  # final snapshot, then the lease goes back
+                self.lease_token = None
+                self.claimed = True  # removed: end here rather than wait for the lease
 
     async def acquire_lease(self) -> None:
         """Wait until this process holds the session's lease (polling while another does)."""
@@ -187,6 +200,8 @@ class SessionRunner:
                 self.degraded = True
                 self.log.warning("lease_renewal_failed", reason=str(exc)[:300])
                 ok = None
+            if ok and self.claimed and not await self._still_registered():
+                raise SessionRemoved(self.session_id)
             if ok:
                 renewed = time.monotonic()
             elif ok is False:
@@ -369,6 +384,14 @@ class SessionRunner:
                       changed=result.changed if result else False)
         return True
 
+    async def _still_registered(self) -> bool:
+        assert self.pool is not None
+        try:
+            async with self.pool.acquire() as conn:
+                return await leases.is_registered(conn, self.session_id)
+        except DB_ERRORS:
+            return True  # unknown: keep going; renewal decides about the lease
+
     async def _lease_call(self, call: Callable[..., Any]) -> Any:
         """A lease operation of ours, best effort (the database may be away at shutdown)."""
         assert self.pool is not None and self.lease_token is not None
@@ -457,6 +480,96 @@ def _install_signals(on_signal: Callable[[str], None]) -> None:
         loop.add_signal_handler(sig, handler, sig)
 
 
+def _simulate_phone(runner: SessionRunner, site: Any, delay: float) -> None:
+    """Demo only: approve the QR code a session shows, `delay` seconds after it first shows
+    one, and again while it still asks (codes rotate, and one site serves many sessions)."""
+    loop = asyncio.get_running_loop()
+
+    def approve() -> None:
+        if runner.state is LoginState.QR_REQUIRED and runner.qr_payload:
+            site.link(runner.qr_payload)
+        if runner.state is not LoginState.READY:
+            loop.call_later(delay, approve)
+
+    runner.on_first_qr = lambda _payload: loop.call_later(delay, approve)
+
+
+class _Claimer:
+    """Claim mode: take registered sessions nobody owns, up to SESSIONKEEPER_MAX_SESSIONS, one
+    runner each; a runner whose lease is lost or whose session is removed ends, freeing a slot.
+    """
+
+    POLL = 1.0
+
+    def __init__(self, settings: Settings, chromium: Path, target: Target, demo_site: Any,
+                 started: float, runners: list[SessionRunner]) -> None:
+        self.settings = settings
+        self.chromium = chromium
+        self.target = target
+        self.demo_site = demo_site
+        self.started = started
+        self.runners = runners  # shared with run_daemon: the live ones, for status/shutdown
+        self.owner = leases.owner_id()
+        self.log = get_logger()
+
+    def _target_for(self, name: str | None) -> Target | None:
+        if name is None or name == self.settings.target:
+            return self.target
+        if name == "whatsapp":
+            return WHATSAPP
+        return None  # demo or custom need this replica to be configured for them
+
+    async def run(self, stack: AsyncExitStack, tg: Any) -> None:
+        """Claim every POLL seconds while there are free slots."""
+        assert self.settings.max_sessions is not None
+        pool: asyncpg.Pool | None = None
+        async for attempt in _retrying(self.log, "database_unavailable"):
+            with attempt:
+                pool = await stack.enter_async_context(
+                    open_pool(self.settings, max_size=2 + 2 * self.settings.max_sessions))
+        assert pool is not None
+        while True:
+            free = self.settings.max_sessions - len(self.runners)
+            try:
+                async with pool.acquire() as conn:
+                    # One at a time: replicas starting together share the sessions out.
+                    claims = await leases.claim(conn, self.owner, self.settings.lease_ttl,
+                                                min(free, 1))
+            except DB_ERRORS as exc:
+                self.log.warning("claim_failed", reason=str(exc)[:300])
+                claims = []
+            for claim in claims:
+                target = self._target_for(claim.target)
+                if target is None:
+                    self.log.error("claim_skipped", claimed_session=claim.session_id,
+                                   reason=f"this replica does not serve target {claim.target}")
+                    async with pool.acquire() as conn:
+                        await leases.release(conn, claim.session_id, self.owner, claim.token)
+                    continue
+                runner = SessionRunner(
+                    self.settings.model_copy(update={
+                        "session_id": claim.session_id,
+                        "profile_dir": self.settings.profile_dir / claim.session_id}),
+                    self.chromium, target, self.started)
+                runner.owner, runner.lease_token, runner.claimed = (
+                    self.owner, claim.token, True)
+                runner.pool = pool  # one pool per replica; also lets shutdown release
+                if self.demo_site is not None and self.settings.demo_link_after is not None:
+                    _simulate_phone(runner, self.demo_site, self.settings.demo_link_after)
+                runner.log.info("session_claimed", fencing_token=claim.token)
+                self.runners.append(runner)
+                tg.start_soon(self._serve, runner, stack)
+            await anyio.sleep(self.POLL)
+
+    async def _serve(self, runner: SessionRunner, stack: AsyncExitStack) -> None:
+        try:
+            await _keep_session(runner, stack, isolate=True, once=True)
+        finally:
+            if runner.lease_token is None and runner in self.runners:
+                self.runners.remove(runner)
+                await runner.browser.stop()
+
+
 def session_settings(settings: Settings) -> list[Settings]:
     """One Settings per session: SESSIONKEEPER_SESSION_IDS gives each its own profile folder."""
     if not settings.session_ids:
@@ -466,15 +579,19 @@ def session_settings(settings: Settings) -> list[Settings]:
             for sid in settings.session_ids]
 
 
-async def _keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bool) -> None:
+async def _keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bool,
+                        once: bool = False) -> None:
     """Boot and serve one session. With several sessions a failure of one is logged and the
-    session starts over after a pause; the others go on."""
+    session starts over after a pause; the others go on. With once (claim mode) the runner
+    ends when serve() returns: its lease went, and the claim loop decides what runs next."""
     delay = 5.0
     while True:
         try:
             if runner.pool is None:
                 await runner.boot(stack)
             await runner.serve()
+            if once:
+                return
         except Exception as exc:
             if not isolate:
                 raise
@@ -500,18 +617,15 @@ async def run_daemon(settings: Settings) -> int:
     _install_signals(on_signal)
     async with AsyncExitStack() as stack:
         target, demo_site = await stack.enter_async_context(_target(settings))
-        runners = [SessionRunner(s, chromium, target, started)
-                   for s in session_settings(settings)]
-        link_after = settings.demo_link_after
-        if demo_site is not None and link_after is not None:
-            # A simulated phone: approve the QR code shown, link_after seconds later.
-            loop = asyncio.get_running_loop()
+        runners = ([] if settings.max_sessions is not None else
+                   [SessionRunner(s, chromium, target, started)
+                    for s in session_settings(settings)])
+        if demo_site is not None and settings.demo_link_after is not None:
             for runner in runners:
-                runner.on_first_qr = lambda payload: loop.call_later(
-                    link_after, demo_site.link, payload)
+                _simulate_phone(runner, demo_site, settings.demo_link_after)
 
         def status() -> dict[str, Any]:
-            if len(runners) == 1:
+            if len(runners) == 1 and settings.max_sessions is None:
                 return runners[0].status()
             facts = [r.status() for r in runners]
             return {"ready": all(f["ready"] for f in facts), "sessions": facts}
@@ -521,6 +635,7 @@ async def run_daemon(settings: Settings) -> int:
         stack.push_async_callback(http.stop)
         log.info("daemon_started", target=target.name, chromium=str(chromium),
                  port=settings.port, sessions=[r.session_id for r in runners])
+        claimer = _Claimer(settings, chromium, target, demo_site, started, runners)
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
@@ -528,9 +643,12 @@ async def run_daemon(settings: Settings) -> int:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_on_signal)
-            for runner in runners:
-                tg.start_soon(runner.browser.prepare)
-                tg.start_soon(_keep_session, runner, stack, len(runners) > 1)
+            if settings.max_sessions is not None:
+                tg.start_soon(claimer.run, stack, tg)
+            else:
+                for runner in runners:
+                    tg.start_soon(runner.browser.prepare)
+                    tg.start_soon(_keep_session, runner, stack, len(runners) > 1)
         results: list[bool] = []
 
         async def shut(runner: SessionRunner) -> None:

@@ -69,6 +69,12 @@ def test_full_cycle(cli_env: dict[str, str], profile: ProfileTree, tmp_path: Pat
 
     human = run(cli_env, "snapshots", "s1").stdout
     assert "generation" in human and "manual" in human
+    # Claim-mode registration, printed for a person and as JSON.
+    assert "registered: True" in run(cli_env, "sessions", "add", "wa-2").stdout
+    listed = run_json(cli_env, "sessions")["sessions"]
+    assert any(s["session_id"] == "wa-2" and s["registered"] for s in listed)  # type: ignore[union-attr]
+    assert run_json(cli_env, "sessions", "remove", "wa-2")["registered"] is False
+    assert "owner" in run(cli_env, "sessions").stdout
 
 
 @pytest.mark.parametrize("args,code,needle", [
@@ -83,6 +89,8 @@ def test_full_cycle(cli_env: dict[str, str], profile: ProfileTree, tmp_path: Pat
     (["snapshot", "s"], 1, "does not exist"),
     (["snapshot"], 2, "session"),
     (["frobnicate"], 2, "invalid choice"),
+    (["sessions", "add"], 2, "needs a session id"),
+    (["sessions", "remove", "nobody"], 1, "no session 'nobody'"),
     (["restore", "s", "--profile", "/etc/hostname"], 1, "is not a directory"),
     (["restore", "s", "--profile", "/"], 1, "name a profile directory"),
 ])

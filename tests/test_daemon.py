@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -471,3 +475,91 @@ def test_several_sessions_in_one_process(start: Callable[..., Daemon],
 
     # Both released, both with a login generation of their own.
     assert asyncio.run(owners()) == [("alpha", "login"), ("beta", "login")]
+
+
+def _owners(url: str) -> dict[str, str | None]:
+    async def go() -> dict[str, str | None]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT id, CASE WHEN lease_expires_at > now() THEN owner"
+                                    " END AS owner FROM sessions WHERE registered ORDER BY id")
+            return {r["id"]: r["owner"] for r in rows}
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_claim_mode_three_replicas_six_sessions(start: Callable[..., Daemon],
+                                                daemon_env: dict[str, str], database_url: str,
+                                                tmp_path: Path) -> None:
+    ids = [f"s{i}" for i in range(6)]
+    for sid in ids:
+        proc = subprocess.run([sys.executable, "-m", "app", "sessions", "add", sid, "--json"],
+                              env={**daemon_env}, capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).resolve().parent.parent)
+        assert proc.returncode == 0, proc.stderr
+    replicas = [start(PORT=str(free_port()), SESSIONKEEPER_MAX_SESSIONS="3",
+                      SESSIONKEEPER_DEMO_MESSAGE_RATE="0",
+                      SESSIONKEEPER_PROFILE_DIR=str(tmp_path / f"r{i}" / "profiles"),
+                      SESSIONKEEPER_DATA_DIR=str(tmp_path / f"r{i}" / "state"))
+                for i in range(3)]
+
+    def ready_sessions() -> set[str]:
+        return {e["session_id"] for r in replicas for e in r.events
+                if e.get("event") == "login_checkpoint" or (
+                    e.get("event") == "ready" and e.get("previous") == "restoring")}
+
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    deadline = time.monotonic() + 120
+    while ready_sessions() != set(ids) and time.monotonic() < deadline:
+        owners = _owners(database_url)
+        assert len({o for o in owners.values() if o}) <= 3
+        # The phone: approve whatever code the demo site shows (one site serves every page).
+        with contextlib.suppress(OSError, urllib.error.HTTPError):
+            link_demo(demo_port)
+        time.sleep(0.5)
+    if ready_sessions() != set(ids):
+        Path("/tmp/claim-debug.log").write_text(
+            "\n\n".join("\n".join(r.raw) for r in replicas))
+    assert ready_sessions() == set(ids), "see /tmp/claim-debug.log"
+    owners = _owners(database_url)
+    assert all(owners.values())
+    per_replica = {o: list(owners.values()).count(o) for o in set(owners.values())}
+    assert all(n <= 3 for n in per_replica.values())
+
+    # Kill the replica with the most sessions: the others take them over.
+    victim = max(replicas, key=lambda r: sum(o is not None and o.endswith(f"-{r.proc.pid}")
+                                             for o in owners.values()))
+    orphans = {sid for sid, o in owners.items() if o and o.endswith(f"-{victim.proc.pid}")}
+    victim.kill_all()
+    killed = time.monotonic()
+    survivors = [r for r in replicas if r is not victim]
+    ttl = float(daemon_env["SESSIONKEEPER_LEASE_TTL"])
+    taken: set[str] = set()
+    while time.monotonic() - killed < ttl + 30 and taken != orphans:
+        taken = {e["session_id"] for r in survivors for e in r.events
+                 if e.get("event") == "session_claimed" and e.get("_t", 0) > killed}
+        time.sleep(0.2)
+    assert taken == orphans, [r.log_text() for r in survivors]
+    claim_times = [e["_t"] - killed for r in survivors for e in r.events
+                   if e.get("event") == "session_claimed" and e.get("_t", 0) > killed]
+    assert max(claim_times) <= ttl + 3  # the TTL plus a claim poll, with some slack
+    print("unowned after the kill, s:", sorted(round(t, 2) for t in claim_times))
+    owners = _owners(database_url)
+    assert all(owners.values()), owners
+    assert not any(o.endswith(f"-{victim.proc.pid}") for o in owners.values() if o), owners
+    # `sessions remove`: the owner takes a final snapshot and hands the session back.
+    proc = subprocess.run([sys.executable, "-m", "app", "sessions", "remove", "s0"],
+                          env={**daemon_env}, capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    removed = next(r for r in survivors if any(e.get("session_id") == "s0" for e in r.events))
+    removed.wait_for("session_removed", ttl + 5, session_id="s0")
+    removed.wait_for("lease_released", 10, session_id="s0")
+    for replica in survivors:
+        replica.signal(signal.SIGTERM)
+    for replica in survivors:
+        assert replica.wait_exit(60) == 0
+    # Handed back after their final snapshots.
+    assert not any(_owners(database_url).values())

@@ -113,3 +113,60 @@ async def handover_seconds(conn: Conn, session_id: str) -> float | None:
         session_id,
     )
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A registered session this process has just taken."""
+
+    session_id: str
+    token: int
+    target: str | None
+
+
+async def claim(conn: Conn, owner: str, ttl_s: float, limit: int) -> list[Claim]:
+    """Take up to `limit` registered sessions nobody owns (or whose owner's lease ran out).
+
+    FOR UPDATE SKIP LOCKED: replicas claiming at the same moment pass each other by instead
+    of waiting, and no session is given to two of them.
+    """
+    if limit <= 0:
+        return []
+    rows = await conn.fetch(
+        """WITH free AS (
+               SELECT id FROM sessions
+                WHERE registered AND (owner IS NULL OR lease_expires_at < now())
+                ORDER BY id LIMIT $3
+                  FOR UPDATE SKIP LOCKED)
+           UPDATE sessions s
+              SET owner = $1, lease_token = s.lease_token + 1,
+                  lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
+             FROM free WHERE s.id = free.id
+        RETURNING s.id, s.lease_token, s.target""",
+        owner, ttl_s, limit,
+    )
+    return [Claim(r["id"], r["lease_token"], r["target"]) for r in rows]
+
+
+async def is_registered(conn: Conn, session_id: str) -> bool:
+    """True while the session is registered for claim mode."""
+    found: bool | None = await conn.fetchval(
+        "SELECT registered FROM sessions WHERE id = $1", session_id)
+    return bool(found)
+
+
+async def register(conn: Conn, session_id: str, target: str | None) -> None:
+    """Register a session (or update its target) for replicas to claim."""
+    await conn.execute(
+        """INSERT INTO sessions (id, registered, target) VALUES ($1, true, $2)
+           ON CONFLICT (id) DO UPDATE SET registered = true, target = EXCLUDED.target,
+                                          updated_at = now()""",
+        session_id, target,
+    )
+
+
+async def unregister(conn: Conn, session_id: str) -> bool:
+    """Stop offering a session; its owner stops it and hands it back. False if unknown."""
+    done: str = await conn.execute(
+        "UPDATE sessions SET registered = false, updated_at = now() WHERE id = $1", session_id)
+    return done != "UPDATE 0"

@@ -104,7 +104,8 @@ async def session_exists(conn: Conn, session_id: str) -> bool:
 async def list_sessions(conn: Conn) -> list[dict[str, Any]]:
     """Every session with its generation count, newest generation and stored bytes."""
     rows = await conn.fetch(
-        """SELECT s.id, s.created_at, s.updated_at,
+        """SELECT s.id, s.created_at, s.updated_at, s.registered, s.target, s.owner,
+                  (s.lease_expires_at > now()) AS leased,
                   count(g.generation) AS generations, max(g.generation) AS latest_generation,
                   max(g.created_at) AS latest_at,
                   (SELECT coalesce(sum(stored_size), 0) FROM chunks c
@@ -119,6 +120,8 @@ async def list_sessions(conn: Conn) -> list[dict[str, Any]]:
             "latest_at": r["latest_at"].isoformat() if r["latest_at"] else None,
             "bytes_stored": int(r["bytes_stored"]),
             "created_at": r["created_at"].isoformat(),
+            "registered": r["registered"], "target": r["target"],
+            "owner": r["owner"] if r["leased"] else None,
         }
         for r in rows
     ]
