@@ -563,3 +563,42 @@ def test_claim_mode_three_replicas_six_sessions(start: Callable[..., Daemon],
         assert replica.wait_exit(60) == 0
     # Handed back after their final snapshots.
     assert not any(_owners(database_url).values())
+
+
+def test_two_daemons_at_once_only_one_runs_the_browser(
+        start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str) -> None:
+    first = start()
+    second = start(PORT=str(free_port()))
+    holders: set[str] = set()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        running = [d for d in (first, second) if _browser_pids(d.proc.pid)]
+        assert len(running) <= 1, "two browsers on one session"
+        owner = _sql(database_url, "SELECT owner FROM sessions WHERE id = $1", SESSION)
+        if owner:
+            holders.add(owner)
+        time.sleep(0.1)
+    assert len(holders) == 1  # one owner all along
+    waiting = [d for d in (first, second) if "waiting_for_lease" in d.names()]
+    assert len(waiting) == 1 and "browser_started" not in waiting[0].names()
+    for daemon in (first, second):
+        daemon.signal(signal.SIGTERM)
+    for daemon in (first, second):
+        assert daemon.wait_exit(60) == 0
+
+
+def test_twenty_rolling_deploys(tmp_path: Path, pg_server_url: str) -> None:
+    """scripts/bench-handover as a test: 20 cycles of start B, SIGTERM A (own database)."""
+    out = tmp_path / "handover"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
+    env["DATABASE_URL"] = pg_server_url
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "scripts/bench_handover.py", "--cycles", "20",
+                           "--out", str(out)], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["cycles"] == 20
+    assert result["qr_shown"] == 0 and result["generations_lost"] == 0
+    assert result["samples_with_two_browsers"] == 0
+    assert all(r["restored_generation"] == r["final_generation"] for r in result["rows"])
