@@ -19,17 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench_vault import admin, server_url, with_db  # noqa: E402
-from tests.support.daemon import Daemon, descendants, free_port, process_table  # noqa: E402
+from tests.support.daemon import Daemon, browser_pids, free_port  # noqa: E402
 
 SESSION = "handover"
-
-
-def browsers(daemon: Daemon) -> int:
-    table = process_table()
-    return sum(1 for pid in descendants(daemon.proc.pid)
-               if pid in table and b"chrom" in table[pid][1][0]
-               and not any(a.startswith(b"--type=") for a in table[pid][1])
-               and b"crashpad" not in table[pid][1][0])
 
 
 def main() -> None:
@@ -68,7 +60,7 @@ def main() -> None:
             sigterm = time.monotonic()
             old.signal(signal.SIGTERM)
             while not any(e.get("event") == "ready" for e in new.events):
-                if browsers(old) and browsers(new):
+                if browser_pids(old.proc.pid) and browser_pids(new.proc.pid):
                     overlap += 1
                 if time.monotonic() - sigterm > 60:
                     raise SystemExit("no ready state:\n" + new.log_text())

@@ -23,7 +23,7 @@ import pytest
 from app.settings import Settings
 from app.store.db import open_pool
 from app.vault.restore import restore_profile
-from tests.support.daemon import Daemon, descendants, free_port, link_demo, process_table
+from tests.support.daemon import Daemon, browser_pids, free_port, link_demo, process_table
 from tests.support.inspect_profile import inspect_demo_profile
 
 SESSION = "e2e"
@@ -246,14 +246,6 @@ def test_database_outage_mid_run(start: Callable[..., Daemon], daemon_env: dict[
         db.close()
 
 
-def _browser_pids(root: int) -> list[int]:
-    """Chromium's main process(es) below root (its helper processes carry --type=...)."""
-    table = process_table()
-    return [pid for pid in descendants(root)
-            if pid in table and (cmd := table[pid][1]) and b"chrom" in cmd[0]
-            and b"crashpad" not in cmd[0] and not any(a.startswith(b"--type=") for a in cmd)]
-
-
 def test_chromium_crash_is_survived(start: Callable[..., Daemon],
                                     daemon_env: dict[str, str]) -> None:
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
@@ -261,7 +253,7 @@ def test_chromium_crash_is_survived(start: Callable[..., Daemon],
     login(daemon, demo_port)
     # The login checkpoint relaunches Chromium: wait for the new one.
     deadline = time.monotonic() + 15
-    while not (pids := _browser_pids(daemon.proc.pid)) and time.monotonic() < deadline:
+    while not (pids := browser_pids(daemon.proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pids, "no Chromium process found"
     for pid in pids:
@@ -394,9 +386,9 @@ def test_lost_lease_stops_the_browser_without_writing(
     assert "another process" in lost["reason"]
     daemon.wait_for("waiting_for_lease", 10, holder="intruder")
     deadline = time.monotonic() + 10
-    while _browser_pids(daemon.proc.pid) and time.monotonic() < deadline:
+    while browser_pids(daemon.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _browser_pids(daemon.proc.pid)
+    assert not browser_pids(daemon.proc.pid)
     assert daemon.readyz()[1]["state"] == "waiting_for_lease"
     assert generations(database_url) == before  # nothing written after the loss
     # The intruder goes away: the session comes back here, still logged in.
@@ -451,7 +443,7 @@ def test_several_sessions_in_one_process(start: Callable[..., Daemon],
     assert (profile / "alpha").is_dir() and (profile / "beta").is_dir()
 
     table = process_table()
-    alpha = [pid for pid in _browser_pids(daemon.proc.pid)
+    alpha = [pid for pid in browser_pids(daemon.proc.pid)
              if any(str(profile / "alpha").encode() in a for a in table[pid][1])]
     assert len(alpha) == 1
     os.kill(alpha[0], signal.SIGKILL)
@@ -572,7 +564,7 @@ def test_two_daemons_at_once_only_one_runs_the_browser(
     holders: set[str] = set()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        running = [d for d in (first, second) if _browser_pids(d.proc.pid)]
+        running = [d for d in (first, second) if browser_pids(d.proc.pid)]
         assert len(running) <= 1, "two browsers on one session"
         owner = _sql(database_url, "SELECT owner FROM sessions WHERE id = $1", SESSION)
         if owner:

@@ -11,6 +11,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from app.store import repo
 from app.store.repo import Conn
 
 FENCED_SQLSTATE = "SK001"
@@ -36,8 +37,7 @@ class Holder:
 
 async def try_acquire(conn: Conn, session_id: str, owner: str, ttl_s: float) -> int | None:
     """Take the lease if it is free, expired or ours; returns the new fencing token."""
-    await conn.execute("INSERT INTO sessions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
-                       session_id)
+    await repo.ensure_session(conn, session_id)
     token: int | None = await conn.fetchval(
         """UPDATE sessions
               SET owner = $2, lease_token = lease_token + 1,

@@ -67,9 +67,7 @@ async def export_generation(
         if info is None:
             raise NotFound(f"session {session_id!r} has no generation {generation}")
         opened = await load_manifest(conn, session_id, info.generation)
-        found = await repo.fetch_manifest(conn, session_id, info.generation)
-        assert found is not None
-        packed, checksum = found
+        packed = opened.data  # its checksum was verified by load_manifest
         # List objects first: an importer learns every chunk digest before the chunks come.
         digests = list(dict.fromkeys(
             [*opened.lists, *(d for f in opened.manifest.files for d in f.chunks)]))
@@ -77,7 +75,7 @@ async def export_generation(
             "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "session_id": session_id,
             "generation": info.generation, "created_at": info.created_at.isoformat(),
             "kind": info.kind, "login_state": info.login_state,
-            "manifest_sha256": checksum.hex(), "objects": len(digests),
+            "manifest_sha256": hashlib.sha256(packed).hexdigest(), "objects": len(digests),
         }
         try:
             tar = await anyio.to_thread.run_sync(

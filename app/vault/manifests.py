@@ -20,6 +20,7 @@ class OpenManifest:
 
     manifest: Manifest
     lists: dict[bytes, bytes]
+    data: bytes  # the serialised manifest as stored
 
     def referenced(self) -> set[bytes]:
         """Every stored object the generation needs: chunks and list objects."""
@@ -42,7 +43,7 @@ async def open_manifest(conn: Conn, session_id: str, data: bytes) -> OpenManifes
                 lists[digest] = decoder.decode(chunk.codec, chunk.data, size, digest)
 
         await anyio.to_thread.run_sync(decode)
-    return OpenManifest(doc.resolve(lists), lists)
+    return OpenManifest(doc.resolve(lists), lists, data)
 
 
 async def load_manifest(conn: Conn, session_id: str, generation: int) -> OpenManifest:

@@ -47,6 +47,14 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def browser_pids(root: int) -> list[int]:
+    """Chromium's main process(es) below root (its helper processes carry --type=...)."""
+    table = process_table()
+    return [pid for pid in descendants(root)
+            if pid in table and (cmd := table[pid][1]) and b"chrom" in cmd[0]
+            and b"crashpad" not in cmd[0] and not any(a.startswith(b"--type=") for a in cmd)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
