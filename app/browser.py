@@ -108,6 +108,11 @@ class Browser:
         """True while a context is open."""
         return self._context is not None
 
+    @property
+    def page(self) -> Page | None:
+        """The target's page while the browser runs."""
+        return self._page
+
     def _crashed(self, reason: str) -> None:
         if not self._closing and self.crash_reason is None:
             self.crash_reason = reason

@@ -112,6 +112,21 @@ class DemoSite:
             await runner.cleanup()
 
     @property
+    def port(self) -> int:
+        """The port asked for, or the one bound once started with port 0."""
+        return self._runner.addresses[0][1] if self._runner is not None else self._port
+
+    @property
+    def message_rate(self) -> float:
+        """Messages per minute a ready page writes."""
+        return self._message_rate
+
+    @property
+    def history_kb(self) -> int:
+        """KiB of chat history a newly linked page syncs."""
+        return self._history_kb
+
+    @property
     def url(self) -> str:
         """Base URL with a trailing slash; only valid after `start()`."""
         if self._url is None:

@@ -174,7 +174,12 @@ async function registerServiceWorker() {
 }
 
 // Right after a link WhatsApp Web downloads chat history; the demo writes `history_kb` of
-// older messages (4 KiB each: text and random bytes) before it shows the chat list.
+// older messages (4 KiB each: text and random bytes), and every 16th carries a 60 KB photo as a
+// Blob (Chromium keeps those as separate blob files), before it shows the chat list.
+const HISTORY_RECORD_BYTES = 4096;
+const HISTORY_MEDIA_EVERY = 16;
+const HISTORY_MEDIA_BYTES = 60000;
+
 async function syncHistory() {
   let kb = 0;
   try {
@@ -182,15 +187,24 @@ async function syncHistory() {
   } catch (err) {
     return;
   }
-  const total = Math.floor(kb / 4);
-  for (let start = 0; start < total; start += 100) {
-    show(el("p", {}, `Syncing history\u2026 ${start}/${total}`));
+  const total = kb * 1024;
+  let written = 0;
+  let i = 0;
+  while (written < total) {
+    show(el("p", {}, `Syncing history\u2026 ${Math.floor(written / 1024)}/${kb} KiB`));
     const db = await openDb(CHAT_DB);
     const tx = db.transaction(CHAT_STORE, "readwrite");
     const store = tx.objectStore(CHAT_STORE);
-    for (let i = start; i < Math.min(total, start + 100); i++) {
-      store.add({ n: -(i + 1), text: messageText(-(i + 1)), at: Date.now(),
-                  bin: crypto.getRandomValues(new Uint8Array(3700)), history: true });
+    for (let k = 0; k < 100 && written < total; k++, i++) {
+      const record = { n: -(i + 1), text: messageText(-(i + 1)), at: Date.now(),
+                       bin: crypto.getRandomValues(new Uint8Array(3700)), history: true };
+      written += HISTORY_RECORD_BYTES;
+      if ((i + 1) % HISTORY_MEDIA_EVERY === 0) {
+        record.media = new Blob([crypto.getRandomValues(new Uint8Array(HISTORY_MEDIA_BYTES))],
+                                { type: "image/jpeg" });
+        written += HISTORY_MEDIA_BYTES;
+      }
+      store.add(record);
     }
     await done(tx);
   }
