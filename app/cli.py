@@ -26,6 +26,7 @@ from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
 from app.settings import SESSION_ID_PATTERN, Settings, load_settings
 from app.store import repo
 from app.store.db import open_pool
+from app.tasks import sole_error
 from app.vault.archive import export_generation, import_generation
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_profile
@@ -269,12 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run one command and exit with its status."""
     parser = build_parser()
@@ -291,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                           stream=sys.stdout if daemon else sys.stderr)
         out = anyio.run(args.handler, args, settings)
     except BaseException as raw:
-        exc = _unwrap(raw)
+        exc = sole_error(raw)
         if isinstance(exc, SystemExit):
             raise exc from None
         if isinstance(exc, KeyboardInterrupt):

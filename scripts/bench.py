@@ -49,7 +49,7 @@ import asyncpg  # noqa: E402
 from app.demo.server import DemoSite  # noqa: E402
 from scripts.bench_daemon import changed_floor  # noqa: E402
 from scripts.bench_vault import with_db  # noqa: E402
-from scripts.gen_profile import generate, meta_path, tree_bytes  # noqa: E402
+from scripts.gen_profile import generate, meta_path  # noqa: E402
 from tests.support.daemon import Daemon, free_port  # noqa: E402
 
 MB = 1_000_000
@@ -302,8 +302,8 @@ def sigterm_run(system: System, pair: ProfilePair, work: Path, demo_port: int,
         if daemon.proc.poll() is None:
             daemon.kill_all()
     done = daemon.wait_for("shutdown_completed", 5)
-    committed = asyncio.run(sql(system.url, f"SELECT max(generation) FROM snapshots "
-                                             f"WHERE session_id = '{SESSION}' AND kind = 'shutdown'"))
+    committed = asyncio.run(sql(system.url, "SELECT max(generation) FROM snapshots WHERE "
+                                f"session_id = '{SESSION}' AND kind = 'shutdown'"))
     if code != 0 or not done.get("generation") or committed != done["generation"]:
         raise SystemExit(f"no final snapshot committed (exit {code}, {done})")
     return {"sigterm_ms": stop_ms, "final_uploaded": _final_uploaded(daemon)}

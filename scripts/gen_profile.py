@@ -1,4 +1,4 @@
-"""Builds a logged-in Chromium profile on the demo site, in a real Chromium (see scripts/gen-profile).
+"""Builds a logged-in demo-site profile in a real Chromium (see scripts/gen-profile).
 
 A new profile is linked (the "phone scan" is `DemoSite.link`), then the page syncs
 `--size-mb` of chat history into IndexedDB (4 KiB records, every 16th with a 60 KB photo Blob),
@@ -47,10 +47,10 @@ def say(**fields: Any) -> None:
     print(json.dumps(fields), file=sys.stderr, flush=True)
 
 
-async def _until_ready(browser: Browser, site: DemoSite, timeout: float) -> bool:
+async def _until_ready(browser: Browser, site: DemoSite, limit_s: float) -> bool:
     """Wait for the chat list, linking the QR code shown on the way; True when it linked."""
     linked = False
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         seen = await browser.observe()
         if seen.state is LoginState.READY:
@@ -62,7 +62,7 @@ async def _until_ready(browser: Browser, site: DemoSite, timeout: float) -> bool
         elif seen.state is LoginState.LOGGED_OUT:
             raise SystemExit("the demo site logged this profile out (another --port?)")
         await asyncio.sleep(0.5)
-    raise SystemExit(f"the demo page was not ready within {timeout:.0f} s")
+    raise SystemExit(f"the demo page was not ready within {limit_s:.0f} s")
 
 
 async def generate(profile: Path, site: DemoSite, *, chat_minutes: float,
@@ -73,7 +73,7 @@ async def generate(profile: Path, site: DemoSite, *, chat_minutes: float,
     browser = Browser(find_chromium(chromium), profile, demo_target(site.url))
     try:
         await browser.start()
-        linked = await _until_ready(browser, site, timeout=120 + 3 * site.history_kb / 1024)
+        linked = await _until_ready(browser, site, limit_s=120 + 3 * site.history_kb / 1024)
         say(event="ready", profile=profile.name, linked_now=linked,
             seconds=round(time.monotonic() - started, 1))
         page = browser.page

@@ -31,6 +31,7 @@ from app.snapshot.safepath import is_singleton
 from app.snapshot.staging import work_dir_for
 from app.store import repo
 from app.store.repo import Conn
+from app.tasks import task_group
 from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS
 from app.vault.statcache import StatCache
@@ -123,23 +124,35 @@ async def materialize(
     refs = [(i, d) for i, f in enumerate(files) for d in f.chunks]
     sizes = manifest.chunk_sizes()
     progress.start("restore", manifest.bytes_raw)
-    for start in range(0, len(refs), BATCH_CHUNKS):
-        window = refs[start : start + BATCH_CHUNKS]
-        stored = await repo.fetch_chunks(conn, session_id, [d for _, d in window])
+    # Fetching the next batches (this task) overlaps with checking and writing (a worker
+    # thread); at most two fetched batches wait, so memory stays bounded.
+    send, receive = anyio.create_memory_object_stream[
+        tuple[list[tuple[int, bytes]], dict[bytes, repo.StoredChunk]]](2)
 
-        def decode_and_write(window: list[tuple[int, bytes]] = window,
-                             stored: dict[bytes, repo.StoredChunk] = stored) -> int:
-            done = 0
-            for index, d in window:
-                chunk = stored.get(d)
-                if chunk is None:
-                    raise CorruptSnapshot(f"chunk {d.hex()[:12]} is missing")
-                raw = decoder.decode(chunk.codec, chunk.data, sizes[d], d)
-                writer.write(index, raw)
-                done += len(raw)
-            return done
+    def decode_and_write(window: list[tuple[int, bytes]],
+                         stored: dict[bytes, repo.StoredChunk]) -> int:
+        done = 0
+        for index, d in window:
+            chunk = stored.get(d)
+            if chunk is None:
+                raise CorruptSnapshot(f"chunk {d.hex()[:12]} is missing")
+            raw = decoder.decode(chunk.codec, chunk.data, sizes[d], d)
+            writer.write(index, raw)
+            done += len(raw)
+        return done
 
-        progress.advance(await anyio.to_thread.run_sync(decode_and_write))
+    async def write_batches() -> None:
+        async with receive:
+            async for window, stored in receive:
+                progress.advance(await anyio.to_thread.run_sync(decode_and_write, window, stored))
+
+    async with task_group() as tg:
+        tg.start_soon(write_batches)
+        async with send:
+            for start in range(0, len(refs), BATCH_CHUNKS):
+                window = refs[start : start + BATCH_CHUNKS]
+                await send.send((window, await repo.fetch_chunks(conn, session_id,
+                                                                 [d for _, d in window])))
     await anyio.to_thread.run_sync(writer.finish)
 
 

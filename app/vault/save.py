@@ -23,6 +23,7 @@ from app.snapshot.manifest import FileEntry, Manifest
 from app.snapshot.staging import StagedTree, capture, clear_stale_staging, work_dir_for
 from app.store import repo
 from app.store.repo import Conn
+from app.tasks import task_group
 from app.vault.commit import commit_manifest
 from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS, VaultOptions
@@ -60,8 +61,16 @@ def _read_hash(fh: BinaryIO, count: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+Batch = list[tuple[bytes, bytes]]
+
+
 class _Uploader:
-    """Streams chunks of changed files to the database in bounded batches."""
+    """Streams chunks of changed files to the database in bounded batches.
+
+    Reading and hashing (the caller, in worker threads) overlap with storing (a task of its
+    own: the existence check, zstd in a worker thread, the insert): at most two batches wait
+    in between, so memory stays bounded whatever the profile's size.
+    """
 
     def __init__(self, conn: Conn, session_id: str, known: set[bytes],
                  level: int, progress: ProgressSink) -> None:
@@ -70,10 +79,17 @@ class _Uploader:
         self.known = known
         self.encoder = Encoder(level)
         self.progress = progress
-        self.pending: list[tuple[bytes, bytes]] = []
+        self.pending: Batch = []
         self.pending_set: set[bytes] = set()
         self.chunks_new = 0
         self.bytes_uploaded = 0
+        self._send, self._receive = anyio.create_memory_object_stream[Batch](2)
+
+    async def store_batches(self) -> None:
+        """The storing side: runs until `finish()` closes the stream."""
+        async with self._receive:
+            async for batch in self._receive:
+                await self._store(batch)
 
     async def add_file(self, path: Path) -> tuple[tuple[bytes, ...], int]:
         """Chunk one staged file; returns its digests and size."""
@@ -91,16 +107,23 @@ class _Uploader:
                     else:
                         self.progress.advance(len(raw))
                 if len(self.pending) >= BATCH_CHUNKS:
-                    await self.flush()
+                    await self._hand_over()
         finally:
             fh.close()
         return tuple(digests), size
 
-    async def flush(self) -> None:
-        """Upload the pending chunks the database does not have yet."""
+    async def _hand_over(self) -> None:
         batch, self.pending, self.pending_set = self.pending, [], set()
-        if not batch:
-            return
+        if batch:
+            self.known.update(d for d, _ in batch)
+            await self._send.send(batch)
+
+    async def finish(self) -> None:
+        """Hand over the last batch and let the storing side end."""
+        async with self._send:
+            await self._hand_over()
+
+    async def _store(self, batch: Batch) -> None:
         present = await repo.existing_digests(self.conn, self.session_id, [d for d, _ in batch])
         missing = [(d, raw) for d, raw in batch if d not in present]
 
@@ -112,7 +135,6 @@ class _Uploader:
             await repo.insert_chunks(self.conn, self.session_id, rows)
         self.chunks_new += len(rows)
         self.bytes_uploaded += sum(len(r[3]) for r in rows)
-        self.known.update(d for d, _ in batch)
         self.progress.advance(sum(len(raw) for _, raw in batch))
 
 
@@ -202,10 +224,12 @@ async def _save_tree(
             uploader = _Uploader(conn, session_id, await _known_digests(conn, session_id, latest),
                                  options.zstd_level, progress)
             progress.start("snapshot", sum(f.size for f in pending))
-            for f in pending:
-                chunks, size = await uploader.add_file(tree.root / f.path)
-                entries[f.path] = FileEntry(f.path, f.mode, size, f.live.mtime_ns, chunks)
-            await uploader.flush()
+            async with task_group() as tg:
+                tg.start_soon(uploader.store_batches)
+                for f in pending:
+                    chunks, size = await uploader.add_file(tree.root / f.path)
+                    entries[f.path] = FileEntry(f.path, f.mode, size, f.live.mtime_ns, chunks)
+                await uploader.finish()
             manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
             for f in tree.files:
                 entry = entries[f.path]
