@@ -178,3 +178,50 @@ async def test_stat_cache_is_not_trusted_against_another_database(
         assert result.changed and result.generation == 1 and result.chunks_reused == 0
         await restore_profile(pool2, "s1", tmp_path / "from-second")
     assert tree_files(tmp_path / "from-second") == kept_files(profile.root)
+
+
+async def test_unchanged_profile_is_told_by_stat_without_staging(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
+    await save_snapshot(pool, "s1", profile.root, options)
+    staged: list[Path] = []
+    original = save_mod.capture
+
+    def spy(profile_dir: Path, *args: object, **kwargs: object) -> object:
+        staged.append(profile_dir)
+        return original(profile_dir, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(save_mod, "capture", spy)
+    same = await save_snapshot(pool, "s1", profile.root, options)
+    assert not same.changed and same.capture_attempts == 0 and staged == []
+    assert same.generation == 1 and same.chunks_reused > 0 and same.bytes_raw > 0
+
+
+@pytest.mark.parametrize("change", ["content", "touch", "mode", "new_dir", "removed"])
+async def test_any_change_the_stat_check_cannot_vouch_for_is_captured(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions,
+    monkeypatch: pytest.MonkeyPatch, change: str,
+) -> None:
+    """Whatever differs from the stat cache goes through a real capture and comparison."""
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
+    await save_snapshot(pool, "s1", profile.root, options)
+    cookies = profile.root / "Default" / "Cookies"
+    if change == "content":
+        profile.set_cookie("session", "other")
+    elif change == "touch":
+        data = cookies.read_bytes()
+        cookies.write_bytes(data)  # same bytes, new mtime
+    elif change == "mode":
+        cookies.chmod(0o640)
+    elif change == "new_dir":
+        (profile.root / "Default" / "Local Storage" / "extra").mkdir()
+    else:
+        cookies.unlink()
+    result = await save_snapshot(pool, "s1", profile.root, options)
+    assert result.capture_attempts >= 1
+    assert result.changed is (change != "touch")
+    target = profile.root.parent / "restored"
+    await restore_profile(pool, "s1", target)
+    assert tree_files(target) == kept_files(profile.root)

@@ -183,12 +183,9 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
     files, dirs = _walk(profile, rules)
     _drop_unpaired(files, dirs, notes)
     staging.mkdir(parents=True)
-    needed_dirs = set(dirs)
-    for rel in files:
-        parts = rel.split("/")
-        needed_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    for rel in sorted(needed_dirs):
-        (staging / rel).mkdir(exist_ok=True)
+    dir_entries = _dir_entries(files, dirs)
+    for d in dir_entries:
+        (staging / d.path).mkdir(exist_ok=True)
 
     def put(rel: str, live: LiveStat) -> bool:
         link = is_immutable(rel) or _is_pinned(rel)
@@ -216,8 +213,24 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
             continue
         st = (staging / rel).stat()
         staged_files.append(StagedFile(rel, st.st_size, live.mode, live, is_immutable(rel)))
-    dir_entries = [DirEntry(rel, dirs.get(rel, 0o700)) for rel in sorted(needed_dirs)]
     return StagedTree(staging, staged_files, dir_entries, started, 1, notes)
+
+
+def _dir_entries(files: dict[str, LiveStat], dirs: dict[str, int]) -> list[DirEntry]:
+    """The kept directories plus every parent of a kept file, sorted (parents first)."""
+    needed = set(dirs)
+    for rel in files:
+        parts = rel.split("/")
+        needed.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return [DirEntry(rel, dirs.get(rel, 0o700)) for rel in sorted(needed)]
+
+
+def scan_live(profile: Path, rules: KeepRules) -> tuple[dict[str, LiveStat], list[DirEntry]]:
+    """The kept files and directories of the live profile as a capture would stage them,
+    without staging anything: enough to tell, with the stat cache, that nothing changed."""
+    files, dirs = _walk(profile, rules)
+    _drop_unpaired(files, dirs, [])
+    return files, _dir_entries(files, dirs)
 
 
 def _refresh(tree: StagedTree) -> None:

@@ -20,7 +20,13 @@ from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.snapshot.codec import CHUNK_SIZE, Encoder, digest
 from app.snapshot.manifest import FileEntry, Manifest
-from app.snapshot.staging import StagedTree, capture, clear_stale_staging, work_dir_for
+from app.snapshot.staging import (
+    StagedTree,
+    capture,
+    clear_stale_staging,
+    scan_live,
+    work_dir_for,
+)
 from app.store import repo
 from app.store.repo import Conn
 from app.tasks import task_group
@@ -161,6 +167,13 @@ async def save_snapshot(
     progress = progress or NullProgress()
     started = time.monotonic()
     work = work_dir_for(profile)
+    cache_path = StatCache.path_for(work, session_id)
+    cache = await anyio.to_thread.run_sync(StatCache.load, cache_path, session_id)
+    same = await _unchanged_by_stat(pool, session_id, profile, options, cache, started)
+    if same is not None:
+        log.info("snapshot_unchanged", files=same.files, bytes_raw=same.bytes_raw,
+                 duration_ms=same.duration_ms, by="stat")
+        return same
     await anyio.to_thread.run_sync(clear_stale_staging, work)
     tree: StagedTree = await anyio.to_thread.run_sync(
         capture, profile, work, options.rules, options.capture_attempts
@@ -169,8 +182,6 @@ async def save_snapshot(
         fields = dict(note)
         log.warning(str(fields.pop("event")), **fields)
     try:
-        cache_path = StatCache.path_for(work, session_id)
-        cache = StatCache.load(cache_path, session_id)
         result = await _save_tree(pool, session_id, tree, cache, options, kind, login_state,
                                   progress, started, lease_token)
     finally:
@@ -183,6 +194,36 @@ async def save_snapshot(
         log.info("snapshot_unchanged", files=result.files, bytes_raw=result.bytes_raw,
                  duration_ms=result.duration_ms)
     return result
+
+
+async def _unchanged_by_stat(
+    pool: asyncpg.Pool, session_id: str, profile: Path, options: VaultOptions,
+    cache: StatCache, started: float,
+) -> SaveResult | None:
+    """The result for an unchanged profile, told without staging a copy: every kept file has
+    the size, mtime, inode and device the stat cache recorded for the newest generation, and
+    the manifest they make is that generation's. None when anything differs (or is unknown):
+    then the profile is captured and compared as usual."""
+    if cache.generation is None or not cache.entries or not profile.is_dir():
+        return None
+    files, dirs = await anyio.to_thread.run_sync(scan_live, profile, options.rules)
+    entries = []
+    for rel, live in files.items():
+        known = cache.entries.get(rel)
+        if known is None or known[:4] != (live.size, live.mtime_ns, live.ino, live.dev):
+            return None
+        entries.append(FileEntry(rel, live.mode, live.size, live.mtime_ns, known[4]))
+    manifest = Manifest(files=entries, dirs=dirs)
+    async with pool.acquire() as conn:
+        latest = await repo.latest_generation(conn, session_id)
+    if (latest is None or not cache.matches(latest.generation, latest.content_digest)
+            or manifest.content_digest() != latest.content_digest):
+        return None
+    return SaveResult(
+        session_id=session_id, changed=False, generation=latest.generation,
+        files=len(entries), bytes_raw=manifest.bytes_raw, bytes_uploaded=0, chunks_new=0,
+        chunks_reused=len(manifest.digests()),
+        duration_ms=int((time.monotonic() - started) * 1000), capture_attempts=0)
 
 
 async def _save_tree(
