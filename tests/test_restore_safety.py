@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from app.errors import CorruptSnapshot, NotFound
 from app.progress import NullProgress
-from app.snapshot.codec import CHUNK_SIZE
+from app.snapshot.codec import FIXED_CHUNK_SIZE
 from app.snapshot.manifest import Manifest
 from app.vault.manifests import open_manifest
 from app.vault.options import VaultOptions
@@ -32,7 +32,7 @@ _path = st.lists(_part, min_size=1, max_size=4).map("/".join)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files=st.lists(_path, min_size=1, max_size=5), dirs=st.lists(_path, max_size=3))
 def test_hostile_manifest_never_escapes(files: list[str], dirs: list[str]) -> None:
-    doc = {"version": 1, "chunk_size": CHUNK_SIZE, "dirs": [[d, 0o755] for d in dirs],
+    doc = {"version": 1, "chunk_size": FIXED_CHUNK_SIZE, "dirs": [[d, 0o755] for d in dirs],
            "files": [[f, 0o644, 0, 0, ""] for f in files]}
     packed = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
     try:

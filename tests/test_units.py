@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,19 @@ from hypothesis import strategies as st
 
 from app.errors import CorruptSnapshot
 from app.snapshot.codec import (
-    CHUNK_SIZE,
+    AVG_CHUNK,
     CODEC_RAW,
     CODEC_ZSTD,
+    FIXED_CHUNK_SIZE,
+    MAX_CHUNK,
+    MIN_CHUNK,
     Decoder,
     Encoder,
     digest,
     iter_chunks,
 )
 from app.snapshot.keep import KeepRules, is_immutable, unpaired_service_workers
-from app.snapshot.manifest import DirEntry, FileEntry, Manifest
+from app.snapshot.manifest import DirEntry, FileEntry, Manifest, pack_refs
 from app.snapshot.safepath import UnsafePath, check_relative_path, is_singleton
 
 # ---------------------------------------------------------------- keep rules
@@ -123,14 +127,27 @@ def test_service_worker_pairing() -> None:
 # ---------------------------------------------------------------- chunker and codecs
 
 
-@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE])
-def test_chunk_boundaries(size: int) -> None:
-    data = bytes(range(256)) * (size // 256 + 1)
-    data = data[:size]
+@pytest.mark.parametrize("size", [0, 1, MIN_CHUNK, MAX_CHUNK + 1, 3 * MAX_CHUNK, 5_000_000])
+def test_chunks_are_content_defined_and_bounded(size: int) -> None:
+    data = random.Random(size).randbytes(size)
     chunks = list(iter_chunks(io.BytesIO(data)))
     assert b"".join(chunks) == data
-    assert len(chunks) == -(-size // CHUNK_SIZE)
-    assert all(len(c) == CHUNK_SIZE for c in chunks[:-1])
+    assert all(0 < len(c) <= MAX_CHUNK for c in chunks)
+    assert all(len(c) >= MIN_CHUNK for c in chunks[:-1])
+    if size > 1_000_000:
+        assert 0.5 * AVG_CHUNK < size / len(chunks) < 3 * AVG_CHUNK
+    # Reading in small windows cuts exactly where reading it all at once does.
+    assert list(iter_chunks(io.BytesIO(data), read_size=70_000)) == chunks
+
+
+def test_moved_content_keeps_its_chunks() -> None:
+    """What LevelDB compaction does: the same blocks at other offsets, in another file."""
+    data = random.Random(1).randbytes(2_000_000)
+    before = {digest(c) for c in iter_chunks(io.BytesIO(data))}
+    moved = random.Random(2).randbytes(3000) + data[:900_000] + b"new" + data[900_000:]
+    after = list(iter_chunks(io.BytesIO(moved)))
+    new_bytes = sum(len(c) for c in after if digest(c) not in before)
+    assert new_bytes < 5 * MAX_CHUNK  # the inserted bytes and the chunks around them
 
 
 def test_codec_round_trip_and_raw_fallback() -> None:
@@ -139,7 +156,7 @@ def test_codec_round_trip_and_raw_fallback() -> None:
     codec, stored = enc.encode(text)
     assert codec == CODEC_ZSTD and len(stored) < len(text) / 10
     assert dec.decode(codec, stored, len(text), digest(text)) == text
-    noise = Path("/dev/urandom").open("rb").read(CHUNK_SIZE)
+    noise = Path("/dev/urandom").open("rb").read(MAX_CHUNK)
     codec, stored = enc.encode(noise)
     assert codec == CODEC_RAW and stored == noise
     assert dec.decode(codec, stored, len(noise), digest(noise)) == noise
@@ -163,7 +180,8 @@ def test_decoder_rejects_damage() -> None:
 def _manifest() -> Manifest:
     d1, d2 = digest(b"1"), digest(b"2")
     return Manifest(
-        files=[FileEntry("Default/Cookies", 0o600, CHUNK_SIZE + 1, 123, (d1, d2)),
+        files=[FileEntry("Default/Cookies", 0o600, MAX_CHUNK + 1, 123, (d1, d2),
+                         (MAX_CHUNK, 1)),
                FileEntry("Local State", 0o644, 0, 456, ())],
         dirs=[DirEntry("Default", 0o700)],
     )
@@ -175,24 +193,34 @@ def test_manifest_round_trip() -> None:
     assert sorted(back.files, key=lambda f: f.path) == sorted(m.files, key=lambda f: f.path)
     assert back.dirs == m.dirs
     assert back.content_digest() == m.content_digest()
-    assert back.bytes_raw == CHUNK_SIZE + 1
+    assert back.bytes_raw == MAX_CHUNK + 1
+    assert back.chunk_sizes() == {digest(b"1"): MAX_CHUNK, digest(b"2"): 1}
+
+
+def test_format_1_manifests_are_still_read() -> None:
+    d1, d2 = digest(b"1"), digest(b"2")
+    old = _raw_manifest([["Default/Cookies", 0o600, FIXED_CHUNK_SIZE + 5, 1, (d1 + d2).hex()]])
+    (f,) = Manifest.from_bytes(old).files
+    assert f.chunks == (d1, d2) and f.chunk_sizes() == (FIXED_CHUNK_SIZE, 5)
 
 
 def test_big_files_keep_their_chunk_list_in_a_list_object() -> None:
     chunks = tuple(digest(bytes([i, j])) for i in range(3) for j in range(10))  # 30 chunks
-    big = FileEntry("Default/IndexedDB/x.leveldb/000005.ldb", 0o600, 30 * CHUNK_SIZE, 1, chunks)
+    sizes = tuple(5000 + i for i in range(30))
+    big = FileEntry("Default/IndexedDB/x.leveldb/000005.ldb", 0o600, sum(sizes), 1, chunks,
+                    sizes)
     m = Manifest(files=[big, *_manifest().files], dirs=_manifest().dirs)
     packed = m.pack()
     assert len(packed.lists) == 1
     (ref, raw), = packed.lists.items()
-    assert raw == b"".join(chunks) and ref == digest(raw)
+    assert raw == pack_refs(chunks, sizes) and ref == digest(raw)
     assert len(packed.data) < 400  # the manifest names the list, not 30 digests
     with pytest.raises(CorruptSnapshot, match="missing"):
         Manifest.from_bytes(packed.data)
     back = Manifest.from_bytes(packed.data, packed.lists)
     assert back.content_digest() == m.content_digest()
-    with pytest.raises(CorruptSnapshot, match="chunk count"):
-        Manifest.from_bytes(packed.data, {ref: raw[:-32]})
+    with pytest.raises(CorruptSnapshot, match="chunk sizes"):
+        Manifest.from_bytes(packed.data, {ref: raw[:-36]})
     # Unchanged big files give the same list object in every generation.
     assert Manifest(files=[big], dirs=[]).pack().lists == {ref: raw}
 
@@ -208,7 +236,7 @@ def test_content_digest_ignores_mtime_not_content() -> None:
 
 
 def _raw_manifest(files: list[list[object]], dirs: list[list[object]] | None = None) -> bytes:
-    doc = {"version": 1, "chunk_size": CHUNK_SIZE, "dirs": dirs or [], "files": files}
+    doc = {"version": 1, "chunk_size": FIXED_CHUNK_SIZE, "dirs": dirs or [], "files": files}
     return zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
 
 

@@ -1,8 +1,11 @@
-"""The manifest: every kept file's path, mode, size, mtime and chunk digests.
+"""The manifest: every kept file's path, mode, size, mtime and chunks (digest and size).
 
-Serialised as zstd-compressed JSON. A file of more than LIST_THRESHOLD chunks does not carry its
+Serialised as zstd-compressed JSON. A chunk reference is its SHA-256 digest and its raw size
+(4 bytes, big-endian): chunks are content-defined, so their sizes vary. Format 1 (fixed 64 KiB
+chunks, digests only) is still read. A file of more than LIST_THRESHOLD chunks does not carry its
 chunk digests inline: they go into a content-addressed "list object" (the digests, back to
-back) stored like a chunk, and the manifest names that object ("@" + its digest). A LevelDB
+back) stored like a chunk, and the manifest names that object ("@" + its digest) and the
+number of chunks. A LevelDB
 table or a stored blob never changes, so its list object is stored once and every later
 generation names it in 65 bytes instead of 32 bytes per chunk: the manifest of a 500 MB profile
 stays a few KiB, and a small change writes little more than the change.
@@ -22,13 +25,15 @@ from typing import Any
 import zstandard
 
 from app.errors import CorruptSnapshot
-from app.snapshot.codec import CHUNK_SIZE
+from app.snapshot.codec import CHUNKING, FIXED_CHUNK_SIZE, MAX_CHUNK
 from app.snapshot.safepath import UnsafePath, check_relative_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FIXED_FORMAT = 1  # fixed 64 KiB chunks, references without sizes
 DIGEST_BYTES = 32
+REF_BYTES = DIGEST_BYTES + 4
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
-LIST_THRESHOLD = 16  # chunks (1 MiB): bigger files keep their chunk list in a list object
+LIST_THRESHOLD = 16  # chunks: bigger files keep their chunk list in a list object
 LIST_PREFIX = "@"
 
 
@@ -49,6 +54,15 @@ class FileEntry:
     size: int
     mtime_ns: int
     chunks: tuple[bytes, ...]
+    # Raw size of each chunk; empty means format 1's fixed layout.
+    sizes: tuple[int, ...] = ()
+
+    def chunk_sizes(self) -> tuple[int, ...]:
+        """Raw size of each chunk, in order."""
+        if self.sizes:
+            return self.sizes
+        return tuple(min(self.size - n * FIXED_CHUNK_SIZE, FIXED_CHUNK_SIZE)
+                     for n in range(len(self.chunks)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +90,10 @@ class Manifest:
         return {d for f in self.files for d in f.chunks}
 
     def chunk_sizes(self) -> dict[bytes, int]:
-        """Raw size of every referenced chunk (CHUNK_SIZE, or less for a file's last one)."""
+        """Raw size of every referenced chunk."""
         sizes: dict[bytes, int] = {}
         for f in self.files:
-            for n, d in enumerate(f.chunks):
-                sizes[d] = min(f.size - n * CHUNK_SIZE, CHUNK_SIZE)
+            sizes.update(zip(f.chunks, f.chunk_sizes(), strict=True))
         return sizes
 
     def content_digest(self) -> bytes:
@@ -103,16 +116,17 @@ class Manifest:
         lists: dict[bytes, bytes] = {}
         rows = []
         for f in sorted(self.files, key=lambda e: e.path):
-            packed = b"".join(f.chunks)
+            packed = pack_refs(f.chunks, f.chunk_sizes())
             if len(f.chunks) > LIST_THRESHOLD:
                 ref = hashlib.sha256(packed).digest()
                 lists[ref] = packed
-                rows.append([f.path, f.mode, f.size, f.mtime_ns, LIST_PREFIX + ref.hex()])
+                rows.append([f.path, f.mode, f.size, f.mtime_ns, LIST_PREFIX + ref.hex(),
+                             len(f.chunks)])
             else:
                 rows.append([f.path, f.mode, f.size, f.mtime_ns, packed.hex()])
         doc = {
             "version": FORMAT_VERSION,
-            "chunk_size": CHUNK_SIZE,
+            "chunking": CHUNKING,
             "dirs": [[d.path, d.mode] for d in sorted(self.dirs, key=lambda e: e.path)],
             "files": rows,
         }
@@ -141,17 +155,26 @@ class ManifestDoc:
                 data, max_output_size=MAX_MANIFEST_BYTES
             )
             doc = json.loads(raw)
-            if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+            if not isinstance(doc, dict):
+                raise ValueError("not a manifest")
+            if doc.get("version") == FIXED_FORMAT:
+                if doc.get("chunk_size") != FIXED_CHUNK_SIZE:
+                    raise ValueError("unknown chunk size")
+            elif doc.get("version") != FORMAT_VERSION or doc.get("chunking") != CHUNKING:
                 raise ValueError("unknown manifest version")
-            if doc.get("chunk_size") != CHUNK_SIZE:
-                raise ValueError("unknown chunk size")
             refs: dict[bytes, int] = {}
             for row in doc["files"]:
                 size, ref = row[2], row[4]
                 if isinstance(ref, str) and ref.startswith(LIST_PREFIX):
                     if not isinstance(size, int) or size < 0:
                         raise ValueError("bad size")
-                    refs[_digest(ref[1:])] = DIGEST_BYTES * -(-size // CHUNK_SIZE)
+                    if doc["version"] == FIXED_FORMAT:
+                        refs[_digest(ref[1:])] = DIGEST_BYTES * -(-size // FIXED_CHUNK_SIZE)
+                    else:
+                        count = row[5]
+                        if not isinstance(count, int) or not 0 < count <= size:
+                            raise ValueError("bad chunk count")
+                        refs[_digest(ref[1:])] = REF_BYTES * count
         except (zstandard.ZstdError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise CorruptSnapshot(f"manifest unreadable: {exc}") from None
         return cls(doc, refs)
@@ -171,7 +194,8 @@ class ManifestDoc:
         for path, mode in self.doc["dirs"]:
             dirs.append(DirEntry(_unique(check_relative_path(path), seen), _mode(mode)))
         files = []
-        for path, mode, size, mtime_ns, ref in self.doc["files"]:
+        fixed = self.doc["version"] == FIXED_FORMAT
+        for path, mode, size, mtime_ns, ref, *_ in self.doc["files"]:
             if not isinstance(size, int) or size < 0 or not isinstance(mtime_ns, int):
                 raise ValueError(f"bad size or mtime for {path!r}")
             if not isinstance(ref, str):
@@ -183,16 +207,22 @@ class ManifestDoc:
                 packed = lists[digest]
             else:
                 packed = bytes.fromhex(ref)
-            if len(packed) % DIGEST_BYTES:
-                raise ValueError(f"bad chunk list for {path!r}")
-            chunks = tuple(
-                packed[i : i + DIGEST_BYTES] for i in range(0, len(packed), DIGEST_BYTES)
-            )
-            if len(chunks) != -(-size // CHUNK_SIZE):
-                raise ValueError(f"chunk count does not match size for {path!r}")
+            if fixed:
+                if len(packed) % DIGEST_BYTES:
+                    raise ValueError(f"bad chunk list for {path!r}")
+                chunks = tuple(
+                    packed[i : i + DIGEST_BYTES] for i in range(0, len(packed), DIGEST_BYTES)
+                )
+                if len(chunks) != -(-size // FIXED_CHUNK_SIZE):
+                    raise ValueError(f"chunk count does not match size for {path!r}")
+                sizes: tuple[int, ...] = ()
+            else:
+                chunks, sizes = unpack_refs(packed)
+                if sum(sizes) != size or not all(0 < s <= MAX_CHUNK for s in sizes):
+                    raise ValueError(f"chunk sizes do not match size for {path!r}")
             files.append(
                 FileEntry(_unique(check_relative_path(path), seen), _mode(mode), size,
-                          mtime_ns, chunks)
+                          mtime_ns, chunks, sizes)
             )
         _check_parents(dirs, files)
         return Manifest(files=files, dirs=dirs)
@@ -226,3 +256,17 @@ def _check_parents(dirs: list[DirEntry], files: list[FileEntry]) -> None:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in file_paths:
                 raise ValueError(f"{path!r} lies under a file")
+
+
+def pack_refs(chunks: tuple[bytes, ...], sizes: tuple[int, ...]) -> bytes:
+    """Chunk references back to back: digest, then raw size as 4 bytes big-endian."""
+    return b"".join(d + n.to_bytes(4, "big") for d, n in zip(chunks, sizes, strict=True))
+
+
+def unpack_refs(packed: bytes) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+    """(digests, sizes) of packed chunk references; ValueError when malformed."""
+    if len(packed) % REF_BYTES:
+        raise ValueError("bad chunk list")
+    refs = [packed[i : i + REF_BYTES] for i in range(0, len(packed), REF_BYTES)]
+    return (tuple(r[:DIGEST_BYTES] for r in refs),
+            tuple(int.from_bytes(r[DIGEST_BYTES:], "big") for r in refs))

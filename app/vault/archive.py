@@ -37,7 +37,7 @@ EXPORT_VERSION = 1
 HEADER_NAME = "sessionkeeper-export.json"
 MANIFEST_NAME = "manifest.zst"
 _CHUNK_NAME = re.compile(r"^chunks/([0-9a-f]{64})\.([a-z0-9+-]+)$")
-# A chunk is at most CHUNK_SIZE; a list object holds 32 bytes per chunk of a file.
+# A chunk is at most 64 KiB; a list object holds 36 bytes per chunk of a file.
 _MAX_MEMBER = 64 * 1024 * 1024
 _MAX_META = 256 * 1024 * 1024
 

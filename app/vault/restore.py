@@ -211,7 +211,8 @@ def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manif
             st = (profile / f.path).stat()
         except FileNotFoundError:
             continue
-        cache.record(f.path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev), f.chunks, now)
+        cache.record(f.path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev),
+                     (f.chunks, f.chunk_sizes()), now)
     cache.save(StatCache.path_for(work_dir_for(profile), session_id))
 
 

@@ -6,11 +6,13 @@ in one statement after every chunk it names is stored, so it is never visible ha
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio
 import asyncpg
@@ -18,7 +20,7 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import CHUNK_SIZE, Encoder, digest
+from app.snapshot.codec import Encoder, digest, iter_chunks
 from app.snapshot.manifest import FileEntry, Manifest
 from app.snapshot.staging import (
     StagedTree,
@@ -57,14 +59,9 @@ class SaveResult:
         return asdict(self)
 
 
-def _read_hash(fh: BinaryIO, count: int) -> list[tuple[bytes, bytes]]:
-    out = []
-    for _ in range(count):
-        block = fh.read(CHUNK_SIZE)
-        if not block:
-            break
-        out.append((digest(block), block))
-    return out
+def _read_hash(chunks: Iterator[bytes], count: int) -> list[tuple[bytes, bytes]]:
+    """The next `count` chunks of a file with their digests (runs in a worker thread)."""
+    return [(digest(raw), raw) for raw in itertools.islice(chunks, count)]
 
 
 Batch = list[tuple[bytes, bytes]]
@@ -97,16 +94,17 @@ class _Uploader:
             async for batch in self._receive:
                 await self._store(batch)
 
-    async def add_file(self, path: Path) -> tuple[tuple[bytes, ...], int]:
-        """Chunk one staged file; returns its digests and size."""
+    async def add_file(self, path: Path) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+        """Chunk one staged file; returns its chunks' digests and sizes."""
         digests: list[bytes] = []
-        size = 0
+        sizes: list[int] = []
         fh = await anyio.to_thread.run_sync(path.open, "rb")
+        chunks = iter_chunks(fh)
         try:
-            while batch := await anyio.to_thread.run_sync(_read_hash, fh, BATCH_CHUNKS):
+            while batch := await anyio.to_thread.run_sync(_read_hash, chunks, BATCH_CHUNKS):
                 for d, raw in batch:
                     digests.append(d)
-                    size += len(raw)
+                    sizes.append(len(raw))
                     if d not in self.known and d not in self.pending_set:
                         self.pending.append((d, raw))
                         self.pending_set.add(d)
@@ -116,7 +114,7 @@ class _Uploader:
                     await self._hand_over()
         finally:
             fh.close()
-        return tuple(digests), size
+        return tuple(digests), tuple(sizes)
 
     async def _hand_over(self) -> None:
         batch, self.pending, self.pending_set = self.pending, [], set()
@@ -212,7 +210,7 @@ async def _unchanged_by_stat(
         known = cache.entries.get(rel)
         if known is None or known[:4] != (live.size, live.mtime_ns, live.ino, live.dev):
             return None
-        entries.append(FileEntry(rel, live.mode, live.size, live.mtime_ns, known[4]))
+        entries.append(FileEntry(rel, live.mode, live.size, live.mtime_ns, *known[4]))
     manifest = Manifest(files=entries, dirs=dirs)
     async with pool.acquire() as conn:
         latest = await repo.latest_generation(conn, session_id)
@@ -256,7 +254,7 @@ async def _save_tree(
             if chunks is None:
                 pending.append(f)
             else:
-                entries[f.path] = FileEntry(f.path, f.mode, f.size, f.live.mtime_ns, chunks)
+                entries[f.path] = FileEntry(f.path, f.mode, f.size, f.live.mtime_ns, *chunks)
         if not pending:
             manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
             if latest is not None and manifest.content_digest() == latest.content_digest:
@@ -268,15 +266,16 @@ async def _save_tree(
             async with task_group() as tg:
                 tg.start_soon(uploader.store_batches)
                 for f in pending:
-                    chunks, size = await uploader.add_file(tree.root / f.path)
-                    entries[f.path] = FileEntry(f.path, f.mode, size, f.live.mtime_ns, chunks)
+                    digests, sizes = await uploader.add_file(tree.root / f.path)
+                    entries[f.path] = FileEntry(f.path, f.mode, sum(sizes), f.live.mtime_ns,
+                                                digests, sizes)
                 await uploader.finish()
             manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
             for f in tree.files:
                 entry = entries[f.path]
                 if entry.size == f.live.size:  # else it grew while being staged
                     cache.record(f.path, (f.live.size, f.live.mtime_ns, f.live.ino, f.live.dev),
-                                 entry.chunks, tree.started_ns)
+                                 (entry.chunks, entry.chunk_sizes()), tree.started_ns)
             if latest is not None and manifest.content_digest() == latest.content_digest:
                 cache.belongs_to(latest.generation, latest.content_digest)
                 return result(False, manifest, latest.generation, uploader)

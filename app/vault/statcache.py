@@ -12,10 +12,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.snapshot.manifest import pack_refs, unpack_refs
 from app.snapshot.staging import StagedFile
 
 RACY_NS = 2_000_000_000
-_DIGEST = 32
+_FORMAT = 2  # chunk references with sizes (content-defined chunks)
+Chunks = tuple[tuple[bytes, ...], tuple[int, ...]]  # digests, sizes
 
 
 @dataclass(slots=True)
@@ -27,7 +29,7 @@ class StatCache:
     # Content digest of that generation: a cache is only trusted for the very generation it was
     # written for (the database may have been wiped or swapped since).
     content_digest: str | None = None
-    entries: dict[str, tuple[int, int, int, int, tuple[bytes, ...]]] = field(default_factory=dict)
+    entries: dict[str, tuple[int, int, int, int, Chunks]] = field(default_factory=dict)
 
     def matches(self, generation: int, content_digest: bytes) -> bool:
         """True if this cache describes that committed generation."""
@@ -48,18 +50,16 @@ class StatCache:
         """The cache on disk, or an empty one if it is missing, foreign or unreadable."""
         try:
             doc = json.loads(path.read_text())
-            if doc.get("session_id") != session_id:
+            if doc.get("session_id") != session_id or doc.get("format") != _FORMAT:
                 return cls(session_id)
             entries = {}
             for rel, (size, mtime, ino, dev, hexed) in doc["entries"].items():
-                packed = bytes.fromhex(hexed)
-                chunks = tuple(packed[i : i + _DIGEST] for i in range(0, len(packed), _DIGEST))
-                entries[rel] = (size, mtime, ino, dev, chunks)
+                entries[rel] = (size, mtime, ino, dev, unpack_refs(bytes.fromhex(hexed)))
             return cls(session_id, doc.get("generation"), doc.get("content_digest"), entries)
         except (OSError, ValueError, KeyError, TypeError):
             return cls(session_id)
 
-    def lookup(self, f: StagedFile) -> tuple[bytes, ...] | None:
+    def lookup(self, f: StagedFile) -> Chunks | None:
         """The recorded chunks of a staged file if its live stat is unchanged."""
         entry = self.entries.get(f.path)
         if entry is None or f.size != f.live.size:
@@ -69,7 +69,7 @@ class StatCache:
             return None
         return chunks
 
-    def record(self, rel: str, stat: tuple[int, int, int, int], chunks: tuple[bytes, ...],
+    def record(self, rel: str, stat: tuple[int, int, int, int], chunks: Chunks,
                now_ns: int) -> None:
         """Remember a file's chunks unless its mtime is too recent to trust."""
         if stat[1] <= now_ns - RACY_NS:
@@ -80,11 +80,12 @@ class StatCache:
     def save(self, path: Path) -> None:
         """Write atomically (a crash leaves the old cache or the new one)."""
         doc = {
+            "format": _FORMAT,
             "session_id": self.session_id,
             "generation": self.generation,
             "content_digest": self.content_digest,
             "entries": {
-                rel: [size, mtime, ino, dev, b"".join(chunks).hex()]
+                rel: [size, mtime, ino, dev, pack_refs(*chunks).hex()]
                 for rel, (size, mtime, ino, dev, chunks) in self.entries.items()
             },
         }
