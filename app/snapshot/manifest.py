@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ FORMAT_VERSION = 2
 FIXED_FORMAT = 1  # fixed 64 KiB chunks, references without sizes
 DIGEST_BYTES = 32
 REF_BYTES = DIGEST_BYTES + 4
+_REF = struct.Struct(">32sI")
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 LIST_THRESHOLD = 16  # chunks: bigger files keep their chunk list in a list object
 LIST_PREFIX = "@"
@@ -260,13 +262,14 @@ def _check_parents(dirs: list[DirEntry], files: list[FileEntry]) -> None:
 
 def pack_refs(chunks: tuple[bytes, ...], sizes: tuple[int, ...]) -> bytes:
     """Chunk references back to back: digest, then raw size as 4 bytes big-endian."""
-    return b"".join(d + n.to_bytes(4, "big") for d, n in zip(chunks, sizes, strict=True))
+    return b"".join(_REF.pack(d, n) for d, n in zip(chunks, sizes, strict=True))
 
 
 def unpack_refs(packed: bytes) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
     """(digests, sizes) of packed chunk references; ValueError when malformed."""
     if len(packed) % REF_BYTES:
         raise ValueError("bad chunk list")
-    refs = [packed[i : i + REF_BYTES] for i in range(0, len(packed), REF_BYTES)]
-    return (tuple(r[:DIGEST_BYTES] for r in refs),
-            tuple(int.from_bytes(r[DIGEST_BYTES:], "big") for r in refs))
+    if not packed:
+        return (), ()
+    digests, sizes = zip(*_REF.iter_unpack(packed), strict=True)
+    return digests, sizes

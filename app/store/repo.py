@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,14 +171,23 @@ async def existing_digests(
 
 
 async def insert_chunks(
-    conn: Conn, session_id: str, chunks: Iterable[tuple[bytes, int, str, bytes]]
-) -> None:
-    """Store (digest, raw size, codec, data) rows; a chunk stored meanwhile is left alone."""
-    await conn.executemany(
+    conn: Conn, session_id: str, chunks: Sequence[tuple[bytes, int, str, bytes]]
+) -> set[bytes]:
+    """Store (digest, raw size, codec, data) rows in one statement; a chunk already stored is
+    left alone. Returns the digests this call actually stored."""
+    if not chunks:
+        return set()
+    rows = await conn.fetch(
         """INSERT INTO chunks (session_id, digest, size, stored_size, codec, data)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session_id, digest) DO NOTHING""",
-        [(session_id, d, size, len(data), codec, data) for d, size, codec, data in chunks],
+           SELECT $1, d, s, ss, c, x
+           FROM unnest($2::bytea[], $3::int[], $4::int[], $5::text[], $6::bytea[])
+                AS t(d, s, ss, c, x)
+           ON CONFLICT (session_id, digest) DO NOTHING
+           RETURNING digest""",
+        session_id, [c[0] for c in chunks], [c[1] for c in chunks],
+        [len(c[3]) for c in chunks], [c[2] for c in chunks], [c[3] for c in chunks],
     )
+    return {bytes(r["digest"]) for r in rows}
 
 
 async def fetch_chunks(

@@ -60,7 +60,7 @@ class _TreeWriter:
     """Writes files of a manifest in order, chunk by chunk (runs in a worker thread)."""
 
     def __init__(self, root: Path, files: list[FileEntry]) -> None:
-        self.root = root
+        self.root = str(root)
         self.files = files
         self.index = -1
         self.fd: int | None = None
@@ -70,11 +70,13 @@ class _TreeWriter:
         if self.fd is None:
             return
         entry = self.files[self.index]
-        os.close(self.fd)
-        self.fd = None
+        fd, self.fd = self.fd, None
+        try:
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
         if self.written != entry.size:
             raise CorruptSnapshot(f"{entry.path}: size {self.written}, manifest says {entry.size}")
-        os.utime(self.root / entry.path, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def advance_to(self, index: int) -> None:
         """Finish the current file and open the files up to index (empty ones included)."""
@@ -83,16 +85,19 @@ class _TreeWriter:
             self.index += 1
             entry = self.files[self.index]
             mode = (entry.mode & 0o777) | 0o600
-            self.fd = os.open(self.root / entry.path,
+            self.fd = os.open(f"{self.root}/{entry.path}",
                               os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             self.written = 0
 
-    def write(self, index: int, data: bytes) -> None:
-        """Append a chunk to file `index`."""
+    def write(self, index: int, parts: list[bytes]) -> None:
+        """Append chunks to file `index`."""
         self.advance_to(index)
         assert self.fd is not None
-        os.write(self.fd, data)
-        self.written += len(data)
+        blob = parts[0] if len(parts) == 1 else b"".join(parts)
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.written += len(blob)
 
     def finish(self) -> None:
         """Create the remaining (empty) files and close the last one."""
@@ -132,13 +137,20 @@ async def materialize(
     def decode_and_write(window: list[tuple[int, bytes]],
                          stored: dict[bytes, repo.StoredChunk]) -> int:
         done = 0
+        current, parts = -1, list[bytes]()
         for index, d in window:
             chunk = stored.get(d)
             if chunk is None:
                 raise CorruptSnapshot(f"chunk {d.hex()[:12]} is missing")
             raw = decoder.decode(chunk.codec, chunk.data, sizes[d], d)
-            writer.write(index, raw)
+            if index != current and parts:
+                writer.write(current, parts)
+                parts = []
+            current = index
+            parts.append(raw)
             done += len(raw)
+        if parts:
+            writer.write(current, parts)
         return done
 
     async def write_batches() -> None:
@@ -206,9 +218,10 @@ def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manif
     cache = StatCache(session_id)
     cache.belongs_to(generation, manifest.content_digest())
     now = time.time_ns()
+    root = str(profile)
     for f in manifest.files:
         try:
-            st = (profile / f.path).stat()
+            st = os.stat(f"{root}/{f.path}")  # noqa: PTH116  (a str path: 1000s of files)
         except FileNotFoundError:
             continue
         cache.record(f.path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev),

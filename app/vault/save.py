@@ -128,17 +128,15 @@ class _Uploader:
             await self._hand_over()
 
     async def _store(self, batch: Batch) -> None:
-        present = await repo.existing_digests(self.conn, self.session_id, [d for d, _ in batch])
-        missing = [(d, raw) for d, raw in batch if d not in present]
-
         def encode() -> list[tuple[bytes, int, str, bytes]]:
-            return [(d, len(raw), *self.encoder.encode(raw)) for d, raw in missing]
+            return [(d, len(raw), *self.encoder.encode(raw)) for d, raw in batch]
 
         rows = await anyio.to_thread.run_sync(encode)
-        if rows:
-            await repo.insert_chunks(self.conn, self.session_id, rows)
-        self.chunks_new += len(rows)
-        self.bytes_uploaded += sum(len(r[3]) for r in rows)
+        # Chunks stored earlier (by a generation pruned since, or an interrupted snapshot)
+        # are skipped by the insert; only what it stored counts as uploaded.
+        stored = await repo.insert_chunks(self.conn, self.session_id, rows)
+        self.chunks_new += len(stored)
+        self.bytes_uploaded += sum(len(r[3]) for r in rows if r[0] in stored)
         self.progress.advance(sum(len(raw) for _, raw in batch))
 
 
