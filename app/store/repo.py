@@ -190,6 +190,17 @@ async def insert_chunks(
     return {bytes(r["digest"]) for r in rows}
 
 
+async def refresh_chunk_stats(conn: Conn) -> bool:
+    """ANALYZE the chunk table's keys, so the planner knows it is big after a big upload
+    (autovacuum gets there later; until then a restore's lookups run on a guess). False when
+    the role may not (it does not own the table)."""
+    try:
+        await conn.execute("ANALYZE chunks (session_id, digest)")
+    except asyncpg.PostgresError:
+        return False
+    return True
+
+
 async def fetch_chunks(
     conn: Conn, session_id: str, digests: Sequence[bytes]
 ) -> dict[bytes, StoredChunk]:

@@ -65,6 +65,9 @@ def _read_hash(chunks: Iterator[bytes], count: int) -> list[tuple[bytes, bytes]]
 
 
 Batch = list[tuple[bytes, bytes]]
+# After an upload this big the planner's idea of the chunk table is stale (a first snapshot:
+# "empty"), and lookups by digest slow down until autovacuum analyzes it.
+_ANALYZE_AFTER_CHUNKS = 1000
 
 
 class _Uploader:
@@ -283,4 +286,6 @@ async def _save_tree(
                 bytes_uploaded=uploader.bytes_uploaded, started=started, lease_token=lease_token,
             )
             cache.belongs_to(generation, manifest.content_digest())
-            return result(True, manifest, generation, uploader)
+        if uploader.chunks_new >= _ANALYZE_AFTER_CHUNKS:
+            await repo.refresh_chunk_stats(conn)
+        return result(True, manifest, generation, uploader)
