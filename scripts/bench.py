@@ -502,9 +502,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {fmt_bytes(r['unchanged_wal_bytes'])} "
                 f"({fmt_bytes(r['unchanged_growth_bytes'])}) "
                 f"| {r['restore_ms'] / 1000:.2f} s | {sigterm} | {fmt_bytes(peak)} |")
+    floors = ", ".join(f"{s} MB: {fmt_bytes(b['floor_bytes'])}"
+                       for s, b in results["sizes"].items())
     lines += ["", "Physical floor (the data that is really new in the steady-state generation, "
-              "found at a 256-byte grain and compressed together with zstd-3): " + ", ".join(f"{s} MB: {fmt_bytes(b['floor_bytes'])}"
-                                    for s, b in results["sizes"].items()), "",
+              f"found at a 256-byte grain and compressed together with zstd-3): {floors}", "",
               "| target | profile | measured | limit | met |", "|---|---|---|---|---|"]
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['size_mb'] or 'all'} MB | {t['value']:g} "
