@@ -225,3 +225,19 @@ async def test_any_change_the_stat_check_cannot_vouch_for_is_captured(
     target = profile.root.parent / "restored"
     await restore_profile(pool, "s1", target)
     assert tree_files(target) == kept_files(profile.root)
+
+
+async def test_a_big_upload_leaves_the_planner_informed(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a big upload the chunk table is analyzed: lookups by digest do not run on the
+    planner's guess for a never-analyzed table until autovacuum comes by."""
+    query = "SELECT reltuples FROM pg_class WHERE relname = 'chunks'"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval(query) <= 0  # never analyzed: -1
+    monkeypatch.setattr(save_mod, "_ANALYZE_AFTER_CHUNKS", 10)
+    first = await save_snapshot(pool, "s1", profile.root, options)
+    assert first.chunks_new >= 10
+    async with pool.acquire() as conn:
+        assert await conn.fetchval(query) >= first.chunks_new
