@@ -38,6 +38,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -120,17 +121,17 @@ class Measured:
 
 def run_measured(argv: list[str], env: dict[str, str]) -> Measured:
     """Run one command to the end: its JSON output, wall time and peak RSS (see maxrss.py)."""
-    rss_file = ROOT / ".sessionkeeper" / f"maxrss-{uuid.uuid4().hex[:8]}"
+    rss_file = Path(tempfile.gettempdir()) / f"sessionkeeper-maxrss-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-S", str(ROOT / "scripts" / "maxrss.py"),
                            str(rss_file), *argv], env=env, cwd=ROOT, capture_output=True,
                           check=False)
     wall = (time.monotonic() - started) * 1000
     try:
-        rss = int(rss_file.read_text())
+        rss = int(rss_file.read_text()) if rss_file.exists() else 0
     finally:
         rss_file.unlink(missing_ok=True)
-    if proc.returncode:
+    if proc.returncode or not rss:
         raise SystemExit(f"{' '.join(argv[1:5])} failed ({proc.returncode}): "
                          f"{proc.stderr.decode(errors='replace')[-2000:]}")
     return Measured(json.loads(proc.stdout), wall, rss)
