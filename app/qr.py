@@ -1,8 +1,10 @@
-"""Showing a QR code to a person at a terminal."""
+"""Showing a QR code to a person: at a terminal, in a log line, as an image for the page."""
 
 from __future__ import annotations
 
+import io
 import sys
+from typing import Any, Literal
 
 import segno
 
@@ -14,3 +16,26 @@ def print_terminal_qr(payload: str) -> bool:
     segno.make(payload, error="L").terminal(out=sys.stdout, compact=True)
     sys.stdout.flush()
     return True
+
+
+def log_qr(log: Any, event: str, payload: str | None, enabled: bool) -> None:
+    """One line per new QR code. Terminal art on a TTY; else the payload in a field. With
+    logging of it switched off, the payload (a login credential while it lasts) stays out."""
+    if not enabled or not payload:
+        log.info(event, qr_logged=False)
+        return
+    if print_terminal_qr(payload):
+        log.info(event, qr_logged="terminal")
+    else:
+        log.info(event, qr_logged="json", qr_payload=payload)
+
+
+def render_qr(payload: str, kind: Literal["png", "svg"]) -> bytes:
+    """The QR code as a standalone PNG or SVG document, large enough to scan from a screen."""
+    buf = io.BytesIO()
+    code = segno.make_qr(payload, error="m")
+    if kind == "svg":
+        code.save(buf, kind="svg", scale=8, border=4, xmldecl=False)
+    else:
+        code.save(buf, kind="png", scale=8, border=4)
+    return buf.getvalue()

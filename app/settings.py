@@ -53,6 +53,10 @@ ACCEPTS: dict[str, str] = {
     "demo_message_rate": "a number of messages per minute >= 0",
     "demo_link_after": "a number of seconds >= 0",
     "demo_history_mb": "a number of MB from 0 to 4096",
+    "http_token": "a string of at least 16 characters",
+    "log_qr": "true or false",
+    "webhook_url": "an http:// or https:// URL",
+    "webhook_timeout": "a number of seconds from 0.1 to 60",
 }
 
 
@@ -177,6 +181,24 @@ class Settings(BaseSettings):
         "phone would (unset: run `sessionkeeper demo link`).",
     )
 
+    http_token: SecretStr | None = Field(
+        default=None, min_length=16,
+        description="Token the status page, /api/sessions, /qr and /metrics ask for (bearer "
+        "header or ?token=); unset: open to anyone who reaches PORT.",
+    )
+    log_qr: bool = Field(
+        default=True,
+        description="Log each new QR code: terminal art on a TTY, the payload in a JSON field "
+        "otherwise.",
+    )
+    webhook_url: SecretStr | None = Field(
+        default=None,
+        description="URL that receives a JSON POST on every state change and failed snapshot.",
+    )
+    webhook_timeout: float = Field(
+        default=5.0, ge=0.1, le=60, description="Seconds one webhook POST may take.",
+    )
+
     @field_validator("target", mode="before")
     @classmethod
     def _target_lower(cls, value: Any) -> Any:
@@ -207,6 +229,13 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         if isinstance(value, str):
             return value.strip().lower() or None
+        return value
+
+    @field_validator("webhook_url", mode="after")
+    @classmethod
+    def _webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value.get_secret_value()):
+            raise ValueError("not an http(s) URL")
         return value
 
     @field_validator("database_url", mode="after")
@@ -257,7 +286,8 @@ def load_settings(**overrides: Any) -> Settings:
         name = env_name(field) if field in Settings.model_fields else field
         raw = os.environ.get(name, overrides.get(field))
         accepts = ACCEPTS.get(field, err["msg"])
-        shown = "" if field == "database_url" else f"={raw!r}"
+        secret = field in ("database_url", "http_token", "webhook_url")
+        shown = "" if secret else f"={raw!r}"
         raise ConfigError(f"invalid {name}{shown}: accepts {accepts}") from None
 
 

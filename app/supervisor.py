@@ -50,16 +50,20 @@ from app.errors import (
     NotFound,
     SessionRemoved,
 )
-from app.http import HttpServer
+from app.events import EventLog
+from app.http import HttpServer, build_app
 from app.log import get_logger
-from app.qr import print_terminal_qr
+from app.metrics import Metrics
+from app.qr import log_qr
 from app.settings import Settings
+from app.status import SessionFacts, SnapshotFacts, StatusBoard
 from app.store import leases, repo
 from app.store.db import open_pool
 from app.targets import WHATSAPP, Target, custom_target, demo_target
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_profile
 from app.vault.save import SaveResult, save_snapshot
+from app.webhook import Webhook
 
 OBSERVE_EVERY = 0.5
 OBSERVE_FIRST = 0.1
@@ -83,39 +87,89 @@ class SessionRunner:
     """Keeps one session: its browser, its snapshots, its state."""
 
     def __init__(self, settings: Settings, chromium: Path, target: Target,
-                 started: float) -> None:
+                 started: float, metrics: Metrics | None = None,
+                 webhook: Webhook | None = None) -> None:
         self.settings = settings
         self.session_id = settings.session_id
         self.profile = settings.profile_dir.absolute()
         self.browser = Browser(chromium, self.profile, target)
         self.options = VaultOptions.from_settings(settings)
-        self.log = get_logger(session_id=self.session_id)
+        self.owner = leases.owner_id()
+        self.metrics = metrics or Metrics()
+        # Warnings and errors are counted; state changes and failed snapshots go to the webhook.
+        self.log = EventLog(get_logger(session_id=self.session_id), self.session_id,
+                            self.owner, self.metrics, webhook)
         self.started = started
         self.pool: asyncpg.Pool | None = None
-        self.state = LoginState.STARTING
+        self._state = LoginState.STARTING
+        self._degraded = False
+        self._shown = self.shown_state()
         self.qr_payload: str | None = None
-        self.degraded = False
+        self.qr_serial = 0
         self.has_login_snapshot = False
         self.browser_ran = False
-        self.last_snapshot: dict[str, Any] | None = None
+        self.last_snapshot: SnapshotFacts | None = None
+        self.generations_kept: int | None = None
         self._snapshot_lock = anyio.Lock()
         # Called with the payload of the first QR code of a login (the demo's simulated phone).
         self.on_first_qr: Callable[[str], object] | None = None
-        self.owner = leases.owner_id()
         self.lease_token: int | None = None
+        self.other_holder: str | None = None  # who holds the lease while this one waits
         # Claim mode: the lease was claimed for this runner; when it is lost or the session is
         # removed, the runner ends instead of waiting (the claim loop decides what runs).
         self.claimed = False
 
     # ------------------------------------------------------------------ facts
 
+    @property
+    def state(self) -> LoginState:
+        """The login state the browser shows (or the step before it)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: LoginState) -> None:
+        self._state = value
+        self._report_state()
+
+    @property
+    def degraded(self) -> bool:
+        """True while the database is away (the browser keeps running)."""
+        return self._degraded
+
+    @degraded.setter
+    def degraded(self, value: bool) -> None:
+        self._degraded = value
+        self._report_state()
+
+    def shown_state(self) -> str:
+        """The state an operator sees: `degraded` wins over the login state."""
+        return "degraded" if self._degraded else self._state.value
+
+    def _report_state(self) -> None:
+        shown = self.shown_state()
+        if shown != self._shown:
+            previous, self._shown = self._shown, shown
+            self.log.info("state_changed", state=shown, previous=previous,
+                          qr_available=self.qr_payload is not None)
+
+    def facts(self) -> SessionFacts:
+        """What the status page, /api/sessions and /metrics show."""
+        return SessionFacts(
+            session_id=self.session_id, state=self.shown_state(), run_here=True,
+            ready=self.state is LoginState.READY and not self.degraded,
+            degraded=self.degraded, qr_available=self.qr_payload is not None,
+            qr_serial=self.qr_serial,
+            lease_holder=self.owner if self.lease_token is not None else self.other_holder,
+            lease_held=self.lease_token is not None, fencing_token=self.lease_token,
+            last_snapshot=self.last_snapshot, generations_kept=self.generations_kept)
+
     def status(self) -> dict[str, Any]:
         """What /readyz reports."""
+        facts = self.facts().as_json()
         return {
             "session_id": self.session_id, "state": self.state.value,
-            "ready": self.state is LoginState.READY and not self.degraded,
-            "degraded": self.degraded, "qr_available": self.qr_payload is not None,
-            "last_snapshot": self.last_snapshot,
+            "ready": facts["ready"], "degraded": self.degraded,
+            "qr_available": facts["qr_available"], "last_snapshot": facts["last_snapshot"],
         }
 
     # ------------------------------------------------------------------ boot
@@ -125,8 +179,11 @@ class SessionRunner:
         self.state = LoginState.STARTING
         async for attempt in _retrying(self.log, "database_unavailable"):
             with attempt:
-                self.degraded = True
-                self.pool = await stack.enter_async_context(open_pool(self.settings))
+                try:
+                    self.pool = await stack.enter_async_context(open_pool(self.settings))
+                except DB_ERRORS:
+                    self.degraded = True
+                    raise
         self.degraded = False
 
     async def serve(self) -> None:
@@ -174,13 +231,14 @@ class SessionRunner:
             if token is not None:
                 break
             assert held is not None
+            self.other_holder = held.owner
             self.state = LoginState.WAITING_FOR_LEASE
             if held.owner != last_holder:
                 last_holder = held.owner
                 self.log.info("waiting_for_lease", holder=held.owner,
                               expires_in_s=round(held.expires_in_s or 0, 1))
             await anyio.sleep(min(0.5, ttl / 3))
-        self.lease_token = token
+        self.lease_token, self.other_holder = token, None
         self.log.info("lease_acquired", fencing_token=token, owner=self.owner,
                       waited_ms=int((time.monotonic() - waited) * 1000))
 
@@ -216,12 +274,14 @@ class SessionRunner:
             result = await restore_profile(self.pool, self.session_id, self.profile)
             self.log.info("session_restored", generation=result.generation, files=result.files,
                           bytes=result.bytes_raw, duration_ms=result.duration_ms)
+            self.metrics.restored(self.session_id, result.duration_ms)
         except NotFound:
             self.log.info("session_new", note="no snapshot yet: starting with an empty profile")
         except CorruptSnapshot as exc:
             self.log.error("restore_failed", reason=str(exc))
         async with self.pool.acquire() as conn:
             self.has_login_snapshot = await repo.has_logged_in_generation(conn, self.session_id)
+            await self._read_snapshot_facts(conn)
         removed = remove_singletons(self.profile)
         if removed:
             self.log.info("singleton_files_removed", files=removed)
@@ -274,12 +334,11 @@ class SessionRunner:
             fresh = self.state not in (LoginState.QR_REQUIRED, LoginState.LOGGED_OUT)
             if fresh or seen.qr_payload != self.qr_payload:
                 self.qr_payload = seen.qr_payload
-                self.log.info("qr_required" if fresh else "qr_rotated",
-                              qr_payload=seen.qr_payload)
-                if seen.qr_payload:
-                    print_terminal_qr(seen.qr_payload)
-                    if fresh and self.on_first_qr is not None:
-                        self.on_first_qr(seen.qr_payload)
+                self.qr_serial += 1
+                log_qr(self.log, "qr_required" if fresh else "qr_rotated", seen.qr_payload,
+                       self.settings.log_qr)
+                if seen.qr_payload and fresh and self.on_first_qr is not None:
+                    self.on_first_qr(seen.qr_payload)
         if seen.state is self.state:
             return
         previous, self.state = self.state, seen.state
@@ -353,8 +412,17 @@ class SessionRunner:
             self.degraded = False
             if login_state == "ready":
                 self.has_login_snapshot = True
-            self.last_snapshot = {**result.as_json(), "kind": kind, "login_state": login_state}
+            self.metrics.snapshot_committed(result)
+            if result.changed:
+                async with self.pool.acquire() as conn:
+                    await self._read_snapshot_facts(conn)
             return result
+
+    async def _read_snapshot_facts(self, conn: Any) -> None:
+        """The newest generation and how many are kept, for the status page and metrics."""
+        generations = await repo.list_generations(conn, self.session_id)
+        self.generations_kept = len(generations)
+        self.last_snapshot = SnapshotFacts.of(generations[0]) if generations else None
 
     # ------------------------------------------------------------------ shutdown
 
@@ -416,6 +484,7 @@ class SessionRunner:
             return
         if seconds is not None and seconds < 3600:
             self.log.info("handover_completed", seconds=round(seconds, 3))
+            self.metrics.handover(self.session_id, seconds)
 
     def _since_start(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -466,6 +535,16 @@ async def _bind_when_free(site: Any) -> None:
         return
 
 
+async def _start_webhook(settings: Settings, stack: AsyncExitStack) -> Webhook | None:
+    """The webhook sender, stopped (after a short drain) when the daemon ends."""
+    if settings.webhook_url is None:
+        return None
+    webhook = Webhook(settings.webhook_url.get_secret_value(), settings.webhook_timeout)
+    await webhook.start()
+    stack.push_async_callback(webhook.stop)
+    return webhook
+
+
 def _install_signals(on_signal: Callable[[str], None]) -> None:
     """First SIGTERM/SIGINT starts the shutdown; the handlers go, so a second one kills."""
     loop = asyncio.get_running_loop()
@@ -502,15 +581,19 @@ class _Claimer:
     POLL = 1.0
 
     def __init__(self, settings: Settings, chromium: Path, target: Target, demo_site: Any,
-                 started: float, runners: list[SessionRunner]) -> None:
+                 started: float, runners: list[SessionRunner], metrics: Metrics,
+                 webhook: Webhook | None) -> None:
         self.settings = settings
         self.chromium = chromium
         self.target = target
         self.demo_site = demo_site
         self.started = started
         self.runners = runners  # shared with run_daemon: the live ones, for status/shutdown
+        self.metrics = metrics
+        self.webhook = webhook
         self.owner = leases.owner_id()
         self.log = get_logger()
+        self.pool: asyncpg.Pool | None = None  # once connected; the status page reads it too
 
     def _target_for(self, name: str | None) -> Target | None:
         if name is None or name == self.settings.target:
@@ -528,6 +611,7 @@ class _Claimer:
                 pool = await stack.enter_async_context(
                     open_pool(self.settings, max_size=2 + 2 * self.settings.max_sessions))
         assert pool is not None
+        self.pool = pool
         while True:
             free = self.settings.max_sessions - len(self.runners)
             try:
@@ -550,7 +634,7 @@ class _Claimer:
                     self.settings.model_copy(update={
                         "session_id": claim.session_id,
                         "profile_dir": self.settings.profile_dir / claim.session_id}),
-                    self.chromium, target, self.started)
+                    self.chromium, target, self.started, self.metrics, self.webhook)
                 runner.owner, runner.lease_token, runner.claimed = (
                     self.owner, claim.token, True)
                 runner.pool = pool  # one pool per replica; also lets shutdown release
@@ -617,12 +701,16 @@ async def run_daemon(settings: Settings) -> int:
     _install_signals(on_signal)
     async with AsyncExitStack() as stack:
         target, demo_site = await stack.enter_async_context(_target(settings))
+        metrics = Metrics()
+        webhook = await _start_webhook(settings, stack)
         runners = ([] if settings.max_sessions is not None else
-                   [SessionRunner(s, chromium, target, started)
+                   [SessionRunner(s, chromium, target, started, metrics, webhook)
                     for s in session_settings(settings)])
         if demo_site is not None and settings.demo_link_after is not None:
             for runner in runners:
                 _simulate_phone(runner, demo_site, settings.demo_link_after)
+        claimer = _Claimer(settings, chromium, target, demo_site, started, runners, metrics,
+                           webhook)
 
         def status() -> dict[str, Any]:
             if len(runners) == 1 and settings.max_sessions is None:
@@ -630,12 +718,18 @@ async def run_daemon(settings: Settings) -> int:
             facts = [r.status() for r in runners]
             return {"ready": all(f["ready"] for f in facts), "sessions": facts}
 
-        http = HttpServer(status, "0.0.0.0", settings.port)  # noqa: S104
+        board = StatusBoard(runners, claimer.owner, settings.max_sessions is not None,
+                            lambda: claimer.pool)
+        token = settings.http_token.get_secret_value() if settings.http_token else None
+        http = HttpServer(build_app(status, board, metrics, token),
+                          "0.0.0.0", settings.port)  # noqa: S104
         await http.start()
         stack.push_async_callback(http.stop)
         log.info("daemon_started", target=target.name, chromium=str(chromium),
                  port=settings.port, sessions=[r.session_id for r in runners])
-        claimer = _Claimer(settings, chromium, target, demo_site, started, runners)
+        if token is None:
+            log.warning("status_page_unprotected", port=settings.port,
+                        fix="set SESSIONKEEPER_HTTP_TOKEN: the page shows the login QR code")
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:

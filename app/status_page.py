@@ -1,0 +1,164 @@
+"""The status page: plain server-rendered HTML and a small script that keeps it current.
+
+The script polls /api/sessions every two seconds: it updates each session's state, shows the
+QR image while a login is needed (reloading it, with a cache-buster, whenever the code
+rotates) and hides it once the session is ready. A new or vanished session reloads the page.
+Every value put into the HTML is escaped.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #111; background: #fafafa; }
+h1 { font-size: 1.4rem; margin-bottom: .2rem; }
+.meta { color: #555; margin-top: 0; }
+.session { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 1rem 1.2rem;
+           margin: 1rem 0; max-width: 56rem; }
+.session h2 { font-size: 1.1rem; margin: 0 0 .5rem; }
+.state { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600;
+         background: #eee; }
+.state-ready { background: #d7f5dd; color: #0b5e1c; }
+.state-qr_required, .state-logged_out { background: #fff1c2; color: #6b4e00; }
+.state-degraded { background: #ffd9d9; color: #8a1010; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
+dt { color: #555; }
+dd { margin: 0; }
+.qr { margin-top: .8rem; }
+.qr img { width: 296px; height: 296px; image-rendering: pixelated; border: 1px solid #ccc; }
+.warn { color: #8a1010; }
+"""
+
+_SCRIPT = """
+(() => {
+  const token = document.body.dataset.token || "";
+  const withToken = (url) => token ? url + (url.includes("?") ? "&" : "?") + "token="
+    + encodeURIComponent(token) : url;
+  const known = new Set(Array.from(document.querySelectorAll(".session"),
+                                   (el) => el.dataset.session));
+  async function refresh() {
+    let data;
+    try {
+      const response = await fetch(withToken("/api/sessions"), {cache: "no-store"});
+      if (!response.ok) return;
+      data = await response.json();
+    } catch (e) { return; }
+    const ids = new Set(data.sessions.map((s) => s.session_id));
+    if (ids.size !== known.size || [...ids].some((id) => !known.has(id))) {
+      location.reload();
+      return;
+    }
+    for (const s of data.sessions) {
+      const card = document.querySelector('.session[data-session="' + CSS.escape(s.session_id)
+                                          + '"]');
+      if (!card) continue;
+      const state = card.querySelector(".state");
+      const shown = s.state || "elsewhere";
+      if (state.textContent !== shown) {
+        state.textContent = shown;
+        state.className = "state state-" + shown;
+      }
+      const holder = card.querySelector(".holder");
+      if (holder) holder.textContent = s.lease_holder || "none";
+      const gen = card.querySelector(".generation");
+      if (gen) gen.textContent = s.last_snapshot ? String(s.last_snapshot.generation) : "none";
+      const box = card.querySelector(".qr");
+      const img = box.querySelector("img");
+      if (s.qr_available) {
+        const src = withToken("/qr/" + encodeURIComponent(s.session_id) + "?v=" + s.qr_serial
+                              + "-" + Date.now());
+        if (img.dataset.serial !== String(s.qr_serial) || box.hidden) {
+          img.dataset.serial = String(s.qr_serial);
+          img.src = src;
+        }
+        box.hidden = false;
+      } else {
+        box.hidden = true;
+        img.removeAttribute("src");
+      }
+    }
+  }
+  setInterval(refresh, 2000);
+})();
+"""
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _snapshot(snap: dict[str, Any] | None) -> str:
+    if not snap:
+        return '<dt>last snapshot</dt><dd>generation <span class="generation">none</span></dd>'
+    return (
+        f'<dt>last snapshot</dt><dd>generation <span class="generation">'
+        f'{escape(str(snap["generation"]))}</span> ({escape(str(snap.get("kind")))}) at '
+        f'{escape(str(snap.get("at")))}</dd>'
+        f"<dt>size</dt><dd>{escape(_size(snap.get('bytes_raw')))} in "
+        f"{escape(str(snap.get('files')))} files, {escape(_size(snap.get('bytes_stored')))} "
+        f"stored</dd>"
+        f"<dt>uploaded</dt><dd>{escape(_size(snap.get('bytes_uploaded')))} in "
+        f"{escape(str(snap.get('duration_ms')))} ms</dd>")
+
+
+def _session(s: dict[str, Any], token: str | None) -> str:
+    sid = str(s["session_id"])
+    state = str(s["state"] or "elsewhere")
+    src = f"/qr/{quote(sid, safe='')}?v={int(s['qr_serial'])}"
+    if token:
+        src += f"&token={quote(token, safe='')}"
+    img = f' src="{escape(src)}"' if s["qr_available"] else ""
+    where = "this process" if s["run_here"] else "another replica (or none)"
+    return f"""
+<section class="session" data-session="{escape(sid)}">
+  <h2>{escape(sid)} <span class="state state-{escape(state)}">{escape(state)}</span></h2>
+  <dl>
+    <dt>run by</dt><dd>{escape(where)}</dd>
+    <dt>lease holder</dt><dd class="holder">{escape(str(s["lease_holder"] or "none"))}</dd>
+    {_snapshot(s["last_snapshot"])}
+    <dt>generations kept</dt><dd>{escape(str(s["generations_kept"] or 0))}</dd>
+  </dl>
+  <div class="qr"{"" if s["qr_available"] else " hidden"}>
+    <p>Scan this code with the phone (WhatsApp: Settings, Linked devices, Link a device).</p>
+    <img alt="QR code to log in session {escape(sid)}" data-serial="{int(s["qr_serial"])}"{img}>
+  </div>
+</section>"""
+
+
+def render_page(overview: dict[str, Any], token: str | None) -> str:
+    """The whole page for an /api/sessions overview; `token` goes into every URL it uses."""
+    sessions = "".join(_session(s, token) for s in overview["sessions"])
+    if not sessions:
+        sessions = "<p>No sessions yet.</p>"
+    error = ""
+    if overview.get("database_error"):
+        error = (f'<p class="warn">database unavailable: '
+                 f'{escape(str(overview["database_error"]))}</p>')
+    mode = "claim mode" if overview.get("claim_mode") else "fixed sessions"
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>sessionkeeper</title>
+<style>{_STYLE}</style>
+</head>
+<body data-token="{escape(token or "")}">
+<h1>sessionkeeper</h1>
+<p class="meta">process {escape(str(overview["owner"]))}, {escape(mode)}</p>
+{error}{sessions}
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""
