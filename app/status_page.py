@@ -37,6 +37,23 @@ _SCRIPT = """
   const token = document.body.dataset.token || "";
   const withToken = (url) => token ? url + (url.includes("?") ? "&" : "?") + "token="
     + encodeURIComponent(token) : url;
+  const size = (n) => {
+    if (n === null || n === undefined) return "-";
+    const units = ["B", "KiB", "MiB", "GiB"];
+    let i = 0, v = n;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return i === 0 ? v + " B" : v.toFixed(1) + " " + units[i];
+  };
+  // The same texts the server renders (see FIELDS in status_page.py).
+  const FIELDS = {
+    holder: (s) => s.lease_holder || "none",
+    generation: (s, g) => g ? String(g.generation) : "none",
+    taken: (s, g) => g ? g.at + " (" + g.kind + ")" : "-",
+    size: (s, g) => g ? size(g.bytes_raw) + " in " + g.files + " files, " + size(g.bytes_stored)
+      + " stored" : "-",
+    uploaded: (s, g) => g ? size(g.bytes_uploaded) + " in " + g.duration_ms + " ms" : "-",
+    kept: (s) => String(s.generations_kept || 0),
+  };
   const known = new Set(Array.from(document.querySelectorAll(".session"),
                                    (el) => el.dataset.session));
   async function refresh() {
@@ -61,10 +78,10 @@ _SCRIPT = """
         state.textContent = shown;
         state.className = "state state-" + shown;
       }
-      const holder = card.querySelector(".holder");
-      if (holder) holder.textContent = s.lease_holder || "none";
-      const gen = card.querySelector(".generation");
-      if (gen) gen.textContent = s.last_snapshot ? String(s.last_snapshot.generation) : "none";
+      for (const el of card.querySelectorAll("[data-field]")) {
+        const text = FIELDS[el.dataset.field](s, s.last_snapshot);
+        if (el.textContent !== text) el.textContent = text;
+      }
       const box = card.querySelector(".qr");
       const img = box.querySelector("img");
       if (s.qr_available) {
@@ -89,26 +106,30 @@ _SCRIPT = """
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    value, unit = float(n), 0
+    units = ("B", "KiB", "MiB", "GiB")
+    while value >= 1024 and unit < len(units) - 1:
         value /= 1024
-    return f"{n} B"
+        unit += 1
+    return f"{n} B" if unit == 0 else f"{value:.1f} {units[unit]}"
 
 
-def _snapshot(snap: dict[str, Any] | None) -> str:
-    if not snap:
-        return '<dt>last snapshot</dt><dd>generation <span class="generation">none</span></dd>'
-    return (
-        f'<dt>last snapshot</dt><dd>generation <span class="generation">'
-        f'{escape(str(snap["generation"]))}</span> ({escape(str(snap.get("kind")))}) at '
-        f'{escape(str(snap.get("at")))}</dd>'
-        f"<dt>size</dt><dd>{escape(_size(snap.get('bytes_raw')))} in "
-        f"{escape(str(snap.get('files')))} files, {escape(_size(snap.get('bytes_stored')))} "
-        f"stored</dd>"
-        f"<dt>uploaded</dt><dd>{escape(_size(snap.get('bytes_uploaded')))} in "
-        f"{escape(str(snap.get('duration_ms')))} ms</dd>")
+def _fields(s: dict[str, Any]) -> dict[str, str]:
+    """The texts of a session's rows; the script computes the same ones from /api/sessions."""
+    g = s["last_snapshot"]
+    return {
+        "holder": str(s["lease_holder"] or "none"),
+        "generation": str(g["generation"]) if g else "none",
+        "taken": f"{g['at']} ({g['kind']})" if g else "-",
+        "size": (f"{_size(g['bytes_raw'])} in {g['files']} files, {_size(g['bytes_stored'])} "
+                 f"stored") if g else "-",
+        "uploaded": f"{_size(g['bytes_uploaded'])} in {g['duration_ms']} ms" if g else "-",
+        "kept": str(s["generations_kept"] or 0),
+    }
+
+
+_ROWS = (("lease holder", "holder"), ("last generation", "generation"), ("taken", "taken"),
+         ("size", "size"), ("uploaded", "uploaded"), ("generations kept", "kept"))
 
 
 def _session(s: dict[str, Any], token: str | None) -> str:
@@ -119,14 +140,14 @@ def _session(s: dict[str, Any], token: str | None) -> str:
         src += f"&token={quote(token, safe='')}"
     img = f' src="{escape(src)}"' if s["qr_available"] else ""
     where = "this process" if s["run_here"] else "another replica (or none)"
+    texts = _fields(s)
+    rows = "".join(f'\n    <dt>{escape(label)}</dt><dd data-field="{name}">'
+                   f"{escape(texts[name])}</dd>" for label, name in _ROWS)
     return f"""
 <section class="session" data-session="{escape(sid)}">
   <h2>{escape(sid)} <span class="state state-{escape(state)}">{escape(state)}</span></h2>
   <dl>
-    <dt>run by</dt><dd>{escape(where)}</dd>
-    <dt>lease holder</dt><dd class="holder">{escape(str(s["lease_holder"] or "none"))}</dd>
-    {_snapshot(s["last_snapshot"])}
-    <dt>generations kept</dt><dd>{escape(str(s["generations_kept"] or 0))}</dd>
+    <dt>run by</dt><dd>{escape(where)}</dd>{rows}
   </dl>
   <div class="qr"{"" if s["qr_available"] else " hidden"}>
     <p>Scan this code with the phone (WhatsApp: Settings, Linked devices, Link a device).</p>

@@ -187,7 +187,9 @@ async def save_snapshot(
         await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
     await anyio.to_thread.run_sync(cache.save, cache_path)
     if result.changed:
-        log.info("snapshot_committed", kind=kind, login_state=login_state, **result.as_json())
+        # raw_bytes: the name the status docs use; bytes_raw stays for readers of older lines.
+        log.info("snapshot_committed", kind=kind, login_state=login_state,
+                 raw_bytes=result.bytes_raw, **result.as_json())
         await prune(pool, session_id, options.keep_generations)
     else:
         log.info("snapshot_unchanged", files=result.files, bytes_raw=result.bytes_raw,
