@@ -341,9 +341,10 @@ class SessionRunner:
                     self.on_first_qr(seen.qr_payload)
         if seen.state is self.state:
             return
+        if seen.state is LoginState.READY:
+            self.qr_payload = None  # before the state: a ready session offers no QR code
         previous, self.state = self.state, seen.state
         if seen.state is LoginState.READY:
-            self.qr_payload = None
             self.log.info("ready", previous=previous.value, since_start_ms=self._since_start())
             await self._log_handover()
             if not self.has_login_snapshot:

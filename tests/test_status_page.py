@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -267,6 +268,43 @@ def test_a_hanging_webhook_never_holds_up_the_session(start: Callable[..., Daemo
         assert receiver.url not in "\n".join(daemon.raw)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit(30) == 0
+
+
+
+def test_claim_mode_lists_every_session_with_its_owner(start: Callable[..., Daemon],
+                                                       daemon_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    for sid in ("a", "b", "c"):
+        proc = subprocess.run([sys.executable, "-m", "app", "sessions", "add", sid],
+                              env=daemon_env, capture_output=True, text=True, check=False,
+                              cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+    replicas = [start(PORT=str(free_port()), SESSIONKEEPER_MAX_SESSIONS="1",
+                      SESSIONKEEPER_HTTP_TOKEN=TOKEN,
+                      SESSIONKEEPER_PROFILE_DIR=str(tmp_path / f"r{i}" / "profiles"),
+                      SESSIONKEEPER_DATA_DIR=str(tmp_path / f"r{i}" / "state"))
+                for i in range(2)]
+    claimed = [r.wait_for("session_claimed", 30)["session_id"] for r in replicas]
+    assert len(set(claimed)) == 2
+    [unclaimed] = {"a", "b", "c"} - set(claimed)
+    views = [get(r, "/api/sessions", TOKEN).json() for r in replicas]
+    for i, view in enumerate(views):
+        assert view["claim_mode"] and view["database_error"] is None
+        by_id = {f["session_id"]: f for f in view["sessions"]}
+        assert set(by_id) == {"a", "b", "c"}
+        mine, theirs = by_id[claimed[i]], by_id[claimed[1 - i]]
+        assert mine["run_here"] and mine["state"] is not None
+        assert mine["lease_holder"] == view["owner"]
+        assert not theirs["run_here"] and theirs["state"] is None
+        assert theirs["lease_holder"] == views[1 - i]["owner"]
+        assert by_id[unclaimed]["lease_holder"] is None
+    html = get(replicas[0], f"/?token={TOKEN}").body.decode()
+    assert html.count('class="session"') == 3 and "claim mode" in html
+    assert f">{views[1]['owner']}<" in html
+    for replica in replicas:
+        replica.signal(signal.SIGTERM)
+    for replica in replicas:
+        assert replica.wait_exit(30) == 0
 
 
 @pytest.mark.anyio
