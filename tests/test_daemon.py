@@ -342,6 +342,10 @@ def test_handover_to_a_waiting_process(start: Callable[..., Daemon],
     assert "browser_started" not in new.names()
     code, body = new.readyz()
     assert code == 503 and body["state"] == "waiting_for_lease"
+    # The waiting process's status page names the holder.
+    [waiting_facts] = new.get_json("/api/sessions")["sessions"]
+    assert waiting_facts["state"] == "waiting_for_lease" and not waiting_facts["lease_held"]
+    assert waiting_facts["lease_holder"] == waiting["holder"]
     old.signal(signal.SIGTERM)
     assert old.wait_exit(30) == 0
     final = old.wait_for("shutdown_completed")
@@ -352,6 +356,12 @@ def test_handover_to_a_waiting_process(start: Callable[..., Daemon],
     handover = new.wait_for("handover_completed", 10)
     assert 0 < handover["seconds"] < 30
     assert "qr_required" not in new.names()
+    m, s = new.metrics(), (("session", SESSION),)
+    assert m[("sessionkeeper_handover_duration_seconds_count", s)] == 1
+    assert m[("sessionkeeper_handover_duration_seconds_sum", s)] == pytest.approx(
+        handover["seconds"], abs=0.01)
+    assert m[("sessionkeeper_restore_duration_seconds_count", s)] == 1
+    assert m[("sessionkeeper_lease_held", s)] == 1
     # Never two browsers: B launched only after A had exited.
     started = new.wait_for("browser_started")
     assert started["_t"] > old.events[-1]["_t"]

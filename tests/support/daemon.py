@@ -117,6 +117,20 @@ class Daemon:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
 
+    def get_json(self, path: str) -> Any:
+        """GET a JSON path of the daemon's HTTP server (no token)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics, keyed by name and sorted labels."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
