@@ -415,8 +415,11 @@ class SessionRunner:
                 self.has_login_snapshot = True
             self.metrics.snapshot_committed(result)
             if result.changed:
-                async with self.pool.acquire() as conn:
-                    await self._read_snapshot_facts(conn)
+                try:
+                    async with self.pool.acquire() as conn:
+                        await self._read_snapshot_facts(conn)
+                except DB_ERRORS as exc:  # committed all the same; the page catches up later
+                    self.log.warning("snapshot_facts_unavailable", reason=str(exc)[:300])
             return result
 
     async def _read_snapshot_facts(self, conn: Any) -> None:

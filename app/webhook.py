@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -95,6 +96,9 @@ class Webhook:
             event = await self._queue.get()
             try:
                 await self._deliver(event)
+            except Exception as exc:  # the worker must outlive any one event
+                self.log.error("webhook_failed", event_name=event.get("event"),
+                               session_id=event.get("session_id"), reason=_reason(exc))
             finally:
                 self._queue.task_done()
 
@@ -121,7 +125,9 @@ class Webhook:
 
     async def _post(self, event: dict[str, Any]) -> None:
         assert self._session is not None
-        async with self._session.post(self.url, json=event) as response:
+        body = json.dumps(event, default=str)  # a Path or datetime field becomes its text
+        async with self._session.post(self.url, data=body,
+                                      headers={"Content-Type": "application/json"}) as response:
             if not 200 <= response.status < 300:
                 raise WebhookRejected(f"HTTP {response.status}")
 

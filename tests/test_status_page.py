@@ -315,7 +315,8 @@ async def test_failed_snapshot_goes_to_the_webhook_and_counts() -> None:
         await webhook.start()
         try:
             log = EventLog(get_logger(session_id="s1"), "s1", "host-1", metrics, webhook)
-            log.error("snapshot_failed", kind="periodic", reason="disk gone")
+            log.error("snapshot_failed", kind="periodic", reason="disk gone",
+                      profile=Path("/data/profile"))  # not JSON by itself: sent as its text
             log.info("state_changed", state="qr_required", previous="restoring",
                      qr_payload="2@secret")
             log.info("ready")  # not a webhook event
@@ -325,6 +326,7 @@ async def test_failed_snapshot_goes_to_the_webhook_and_counts() -> None:
     assert [b["event"] for b in bodies] == ["snapshot_failed", "state_changed"]
     assert bodies[0]["session_id"] == "s1" and bodies[0]["reason"] == "disk gone"
     assert bodies[0]["owner"] == "host-1" and bodies[0]["level"] == "error"
+    assert bodies[0]["profile"] == "/data/profile"
     assert "qr_payload" not in bodies[1]
     m = samples(metrics.exposition().decode())
     assert m[("sessionkeeper_errors_total", (("kind", "snapshot_failed"),))] == 1
