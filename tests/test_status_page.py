@@ -21,10 +21,12 @@ from playwright.sync_api import sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.chromium import CHROMIUM_ARGS, find_chromium
+from app.errors import ConfigError
 from app.events import EventLog
 from app.log import configure_logging, get_logger
 from app.metrics import Metrics
 from app.qr import log_qr
+from app.settings import load_settings
 from app.status_page import render_page
 from app.vault.options import VaultOptions
 from app.vault.save import save_snapshot
@@ -394,3 +396,20 @@ def test_page_escapes_what_it_shows() -> None:
     assert 'data-token="t&quot;&amp;&lt;x&gt;"' in html
     assert "token=t%22%26%3Cx%3E" in html  # the img URL carries the token, encoded
 
+
+
+@pytest.mark.parametrize("var,value,accepts", [
+    ("SESSIONKEEPER_HTTP_TOKEN", "too-short", "at least 16 characters"),
+    ("SESSIONKEEPER_WEBHOOK_URL", "ftp://hooks.example/s3cr3t", "http:// or https://"),
+    ("SESSIONKEEPER_WEBHOOK_TIMEOUT", "0", "0.1 to 60"),
+    ("SESSIONKEEPER_LOG_QR", "maybe", "true or false"),
+])
+def test_bad_settings_are_one_line_without_the_secret(monkeypatch: pytest.MonkeyPatch, var: str,
+                                                      value: str, accepts: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert var in message and accepts in message and "\n" not in message
+    if var in ("SESSIONKEEPER_HTTP_TOKEN", "SESSIONKEEPER_WEBHOOK_URL"):
+        assert value not in message
