@@ -452,10 +452,16 @@ def test_several_sessions_in_one_process(start: Callable[..., Daemon],
     profile = Path(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
     assert (profile / "alpha").is_dir() and (profile / "beta").is_dir()
 
-    pids = browser_pids(daemon.proc.pid)
-    table = process_table()  # read after: a pid seen there is in here unless it just exited
-    alpha = [pid for pid in pids if pid in table
-             and any(str(profile / "alpha").encode() in a for a in table[pid][1])]
+    # The checkpoint relaunches Chromium after its log line: wait until alpha's is up again.
+    deadline = time.monotonic() + 15
+    while True:
+        pids = browser_pids(daemon.proc.pid)
+        table = process_table()  # read after: a pid seen there is in here unless it just exited
+        alpha = [pid for pid in pids if pid in table
+                 and any(str(profile / "alpha").encode() in a for a in table[pid][1])]
+        if alpha or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(alpha) == 1
     os.kill(alpha[0], signal.SIGKILL)
     daemon.wait_for("browser_restarted", 60, session_id="alpha")
