@@ -22,6 +22,7 @@ import asyncpg
 from app import __version__
 from app.errors import ConfigError, UserError
 from app.log import configure_logging, get_logger
+from app.memory import limit_malloc_arenas
 from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
 from app.settings import SESSION_ID_PATTERN, Settings, load_settings
 from app.store import repo
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run one command and exit with its status."""
+    limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import platform
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -310,3 +314,15 @@ def test_any_text_is_accepted_only_if_plain(path: str) -> None:
 def test_singleton_names() -> None:
     assert is_singleton("SingletonLock") and is_singleton("Default/SingletonCookie")
     assert not is_singleton("Default/Cookies")
+
+
+@pytest.mark.parametrize(("env", "expected"), [({}, "True"), ({"MALLOC_ARENA_MAX": "4"}, "False")])
+def test_malloc_arenas_are_capped_unless_the_operator_chose(env: dict[str, str],
+                                                             expected: str) -> None:
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", "from app.memory import limit_malloc_arenas as f; print(f())"],
+        env={**base, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -277,6 +277,16 @@ async def stored_digests(conn: Conn, session_id: str) -> list[bytes]:
     return [bytes(r["digest"]) for r in rows]
 
 
+async def iter_stored_digests(
+    conn: Conn, session_id: str, prefetch: int = 5000
+) -> AsyncIterator[bytes]:
+    """Every chunk digest stored for a session, read through a cursor (inside a transaction):
+    memory stays bounded however many chunks the session has."""
+    async for row in conn.cursor("SELECT digest FROM chunks WHERE session_id = $1",
+                                 session_id, prefetch=prefetch):
+        yield bytes(row["digest"])
+
+
 async def delete_chunks(conn: Conn, session_id: str, digests: Sequence[bytes]) -> int:
     """Delete chunks by digest; returns how many went."""
     result: str = await conn.execute(

@@ -49,7 +49,8 @@ async def collect_garbage(conn: Conn, session_id: str) -> int | None:
                 # A manifest we cannot read may still name chunks: delete nothing.
                 get_logger(session_id=session_id).error("gc_skipped_unreadable_manifest")
                 return 0
-        orphans = [d for d in await repo.stored_digests(conn, session_id) if d not in referenced]
+        orphans = [d async for d in repo.iter_stored_digests(conn, session_id)
+                   if d not in referenced]
         deleted = 0
         for i in range(0, len(orphans), _DELETE_BATCH):
             deleted += await repo.delete_chunks(conn, session_id, orphans[i : i + _DELETE_BATCH])
