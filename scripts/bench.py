@@ -529,6 +529,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.plot(x, y, style, label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(x, [f"{v:.0f}" for v in x])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("profile size on disk (MB)")
     ax.set_ylabel("MB written to PostgreSQL per hour (WAL)")
     ax.set_title(f"Backups every 5 min, chat at {results['rate']:g} messages/min")
