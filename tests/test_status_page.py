@@ -36,7 +36,10 @@ from tests.support.profile_tree import ProfileTree
 from tests.support.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "results" / "status-page"
+# Test artifacts (the page's screenshots) go outside the tracked tree; the copies in
+# results/status-page were made with SESSIONKEEPER_TEST_ARTIFACTS=results.
+SHOTS = Path(os.environ.get("SESSIONKEEPER_TEST_ARTIFACTS",
+                            ROOT / ".sessionkeeper" / "test-artifacts")) / "status-page"
 SESSION = "e2e"
 TOKEN = "test-token-0123456789abcdef"
 
