@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +22,7 @@ from app.settings import Settings
 from app.store.db import open_pool
 from app.store.migrate import migrate
 from app.vault.options import VaultOptions
+from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
 from tests.support.profile_tree import ProfileTree, build_profile
 
 
@@ -135,3 +136,43 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     env.update(DATABASE_URL=database_url, SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"),
                SESSIONKEEPER_LOG_FORMAT="json")
     return env
+
+
+
+@pytest.fixture
+def demo_message_rate() -> str:
+    """Messages a minute the demo page writes in daemon tests (a test module may override)."""
+    return "600"
+
+
+@pytest.fixture
+def daemon_env(database_url: str, tmp_path: Path, demo_message_rate: str) -> dict[str, str]:
+    """Environment of a daemon on the demo target, with its own ports, database and dirs."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SESSIONKEEPER_") and k not in ("PORT", "DATABASE_URL")}
+    env.update(
+        DATABASE_URL=database_url, PORT=str(free_port()),
+        SESSIONKEEPER_TARGET="demo", SESSIONKEEPER_DEMO_PORT=str(free_port()),
+        SESSIONKEEPER_DEMO_MESSAGE_RATE=demo_message_rate,
+        SESSIONKEEPER_SESSION_ID=DAEMON_SESSION,
+        SESSIONKEEPER_PROFILE_DIR=str(tmp_path / "profile"),
+        SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"), SESSIONKEEPER_LOG_FORMAT="json",
+        # A killed owner's lease runs out quickly, so the next boot need not wait 30 s.
+        SESSIONKEEPER_LEASE_TTL="6",
+    )
+    return env
+
+
+@pytest.fixture
+def start(daemon_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
+    """Starts daemons (env overrides as keywords); every one is killed after the test."""
+    started: list[Daemon] = []
+
+    def launch(**overrides: str) -> Daemon:
+        daemon = Daemon({**daemon_env, **overrides})
+        started.append(daemon)
+        return daemon
+
+    yield launch
+    for daemon in started:
+        daemon.kill_all()

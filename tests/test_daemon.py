@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +23,17 @@ import pytest
 from app.settings import Settings
 from app.store.db import open_pool
 from app.vault.restore import restore_profile
-from tests.support.daemon import Daemon, browser_pids, free_port, link_demo, process_table
+from tests.support.daemon import (
+    DAEMON_SESSION,
+    Daemon,
+    browser_pids,
+    free_port,
+    link_demo,
+    process_table,
+)
 from tests.support.inspect_profile import inspect_demo_profile
 
-SESSION = "e2e"
-
-
-@pytest.fixture
-def daemon_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SESSIONKEEPER_") and k not in ("PORT", "DATABASE_URL")}
-    env.update(
-        DATABASE_URL=database_url, PORT=str(free_port()),
-        SESSIONKEEPER_TARGET="demo", SESSIONKEEPER_DEMO_PORT=str(free_port()),
-        SESSIONKEEPER_DEMO_MESSAGE_RATE="600", SESSIONKEEPER_SESSION_ID=SESSION,
-        SESSIONKEEPER_PROFILE_DIR=str(tmp_path / "profile"),
-        SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"), SESSIONKEEPER_LOG_FORMAT="json",
-        # A killed owner's lease runs out quickly, so the next boot need not wait 30 s.
-        SESSIONKEEPER_LEASE_TTL="6",
-    )
-    return env
-
-
-@pytest.fixture
-def start(daemon_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def launch(**overrides: str) -> Daemon:
-        daemon = Daemon({**daemon_env, **overrides})
-        started.append(daemon)
-        return daemon
-
-    yield launch
-    for daemon in started:
-        daemon.kill_all()
+SESSION = DAEMON_SESSION
 
 
 def generations(url: str) -> list[dict[str, Any]]:

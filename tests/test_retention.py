@@ -20,11 +20,11 @@ pytestmark = pytest.mark.anyio
 
 
 async def _referenced_and_stored(pool: asyncpg.Pool, session: str) -> tuple[set[bytes], set[bytes]]:
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         referenced: set[bytes] = set()
         for packed in await repo.all_manifests(conn, session):
             referenced |= (await open_manifest(conn, session, packed)).referenced()
-        return referenced, set(await repo.stored_digests(conn, session))
+        return referenced, {d async for d in repo.iter_stored_digests(conn, session)}
 
 
 async def test_keep_newest_n_and_collect_chunks(

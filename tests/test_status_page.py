@@ -11,7 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from app.status_page import render_page
 from app.vault.options import VaultOptions
 from app.vault.save import save_snapshot
 from app.webhook import Webhook
-from tests.support.daemon import Daemon, free_port
+from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
 from tests.support.profile_tree import ProfileTree
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -40,37 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # results/status-page were made with SESSIONKEEPER_TEST_ARTIFACTS=results.
 SHOTS = Path(os.environ.get("SESSIONKEEPER_TEST_ARTIFACTS",
                             ROOT / ".sessionkeeper" / "test-artifacts")) / "status-page"
-SESSION = "e2e"
+SESSION = DAEMON_SESSION
 TOKEN = "test-token-0123456789abcdef"
 
 
 @pytest.fixture
-def daemon_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SESSIONKEEPER_") and k not in ("PORT", "DATABASE_URL")}
-    env.update(
-        DATABASE_URL=database_url, PORT=str(free_port()),
-        SESSIONKEEPER_TARGET="demo", SESSIONKEEPER_DEMO_PORT=str(free_port()),
-        SESSIONKEEPER_DEMO_MESSAGE_RATE="60", SESSIONKEEPER_SESSION_ID=SESSION,
-        SESSIONKEEPER_PROFILE_DIR=str(tmp_path / "profile"),
-        SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"), SESSIONKEEPER_LOG_FORMAT="json",
-        SESSIONKEEPER_LEASE_TTL="6",
-    )
-    return env
-
-
-@pytest.fixture
-def start(daemon_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def launch(**overrides: str) -> Daemon:
-        daemon = Daemon({**daemon_env, **overrides})
-        started.append(daemon)
-        return daemon
-
-    yield launch
-    for daemon in started:
-        daemon.kill_all()
+def demo_message_rate() -> str:
+    return "60"
 
 
 class Reply:

@@ -271,12 +271,6 @@ async def all_manifests(conn: Conn, session_id: str) -> list[bytes]:
     return [bytes(r["manifest"]) for r in rows]
 
 
-async def stored_digests(conn: Conn, session_id: str) -> list[bytes]:
-    """Every chunk digest stored for a session."""
-    rows = await conn.fetch("SELECT digest FROM chunks WHERE session_id = $1", session_id)
-    return [bytes(r["digest"]) for r in rows]
-
-
 async def iter_stored_digests(
     conn: Conn, session_id: str, prefetch: int = 5000
 ) -> AsyncIterator[bytes]:

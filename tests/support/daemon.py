@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# The session the `daemon_env` fixture (tests/conftest.py) runs.
+DAEMON_SESSION = "e2e"
 
 
 def process_table() -> dict[int, tuple[int, list[bytes]]]:
