@@ -120,16 +120,13 @@ class StatusBoard:
         if pool is None:
             return []
         async with pool.acquire() as conn:
-            rows = await repo.list_sessions(conn)
-            found = []
-            for row in rows:
-                if row["session_id"] in here or not row["registered"]:
-                    continue
-                latest = await repo.latest_generation(conn, row["session_id"])
-                found.append(SessionFacts(
-                    session_id=row["session_id"], state=None, run_here=False, ready=False,
-                    degraded=False, qr_available=False, qr_serial=0,
-                    lease_holder=row["owner"], lease_held=False, fencing_token=None,
-                    last_snapshot=SnapshotFacts.of(latest) if latest else None,
-                    generations_kept=row["generations"]))
-        return found
+            rows = await repo.registered_sessions(conn)
+        return [
+            SessionFacts(
+                session_id=row.session_id, state=None, run_here=False, ready=False,
+                degraded=False, qr_available=False, qr_serial=0,
+                lease_holder=row.holder, lease_held=False, fencing_token=None,
+                last_snapshot=SnapshotFacts.of(row.latest) if row.latest else None,
+                generations_kept=row.generations)
+            for row in rows if row.session_id not in here
+        ]

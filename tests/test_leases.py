@@ -92,3 +92,23 @@ def test_owner_id_prefers_the_platform(monkeypatch: pytest.MonkeyPatch) -> None:
     assert leases.owner_id().startswith("srv-abc-xyz-")
     monkeypatch.setenv("RAILWAY_REPLICA_ID", "r-123")
     assert leases.owner_id().startswith("r-123-")
+
+
+async def test_registered_sessions_in_one_query(pool: asyncpg.Pool, profile: ProfileTree,
+                                                options: VaultOptions) -> None:
+    async with pool.acquire() as conn:
+        for sid in ("a", "b"):
+            await leases.register(conn, sid, None)
+        await repo.ensure_session(conn, "loose")  # has snapshots, never registered
+    for i, sid in enumerate(("a", "a", "loose")):
+        profile.add_blob(f"x{i}", 5_000)
+        await save_snapshot(pool, sid, profile.root, options)
+    async with pool.acquire() as conn:
+        token = await leases.try_acquire(conn, "a", "owner-1", 30)
+        assert token is not None
+        rows = {r.session_id: r for r in await repo.registered_sessions(conn)}
+        newest = await repo.latest_generation(conn, "a")
+    assert set(rows) == {"a", "b"}
+    assert rows["a"].holder == "owner-1" and rows["a"].generations == 2
+    assert rows["a"].latest == newest
+    assert rows["b"].holder is None and rows["b"].generations == 0 and rows["b"].latest is None

@@ -127,6 +127,40 @@ async def list_sessions(conn: Conn) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class RegisteredSession:
+    """A registered session as the status board shows it: lease holder, generations kept and
+    the newest generation."""
+
+    session_id: str
+    holder: str | None
+    generations: int
+    latest: GenerationInfo | None
+
+
+async def registered_sessions(conn: Conn) -> list[RegisteredSession]:
+    """Every registered session with its newest generation, in one query (the status page
+    asks every few seconds: no per-session round trip, no scan of the chunk table)."""
+    gen_columns = ", ".join(f"g.{c.strip()}" for c in _GEN_COLUMNS.split(","))
+    rows = await conn.fetch(
+        f"""SELECT s.id AS sid,
+                   CASE WHEN s.lease_expires_at > now() THEN s.owner END AS holder,
+                   (SELECT count(*) FROM snapshots n WHERE n.session_id = s.id) AS kept,
+                   {gen_columns}
+              FROM sessions s
+              LEFT JOIN LATERAL (
+                   SELECT {_GEN_COLUMNS} FROM snapshots
+                    WHERE session_id = s.id ORDER BY generation DESC LIMIT 1) g ON true
+             WHERE s.registered ORDER BY s.id"""
+    )
+    found = []
+    for r in rows:
+        fields = {k: v for k, v in dict(r).items() if k not in ("sid", "holder", "kept")}
+        latest = GenerationInfo(**fields) if r["generation"] is not None else None
+        found.append(RegisteredSession(r["sid"], r["holder"], int(r["kept"]), latest))
+    return found
+
+
 async def list_generations(conn: Conn, session_id: str) -> list[GenerationInfo]:
     """Committed generations of a session, newest first."""
     rows = await conn.fetch(
