@@ -18,7 +18,6 @@ from typing import Any
 import asyncpg
 import pytest
 from playwright.sync_api import sync_playwright
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.chromium import CHROMIUM_ARGS, find_chromium
 from app.errors import ConfigError
@@ -31,7 +30,13 @@ from app.status_page import render_page
 from app.vault.options import VaultOptions
 from app.vault.save import save_snapshot
 from app.webhook import Webhook
-from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
+from tests.support.daemon import (
+    DAEMON_SESSION,
+    Daemon,
+    free_port,
+    link_demo,
+    metric_samples,
+)
 from tests.support.profile_tree import ProfileTree
 from tests.support.webhook_receiver import WebhookReceiver
 
@@ -70,24 +75,10 @@ def get(daemon: Daemon, path: str, bearer: str | None = None) -> Reply:
 
 def link(demo_port: int, payload: str) -> bool:
     """The phone scan, with the payload the status page's QR code carries."""
-    request = urllib.request.Request(f"http://127.0.0.1:{demo_port}/api/link",
-                                     data=json.dumps({"payload": payload}).encode(),
-                                     headers={"Content-Type": "application/json"},
-                                     method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return bool(json.loads(r.read())["linked"])
+        return bool(link_demo(demo_port, payload)["linked"])
     except urllib.error.HTTPError:
         return False  # 409: the code rotated in between
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus exposition, keyed by name and sorted labels."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
 
 
 _QR_LOADED = """() => {
@@ -164,7 +155,7 @@ def test_status_page_in_a_browser_with_a_token(start: Callable[..., Daemon],
     # The metrics after the login's snapshot.
     scraped = get(daemon, "/metrics", f"{TOKEN}")
     assert scraped.status == 200 and scraped.headers["Content-Type"].startswith("text/plain")
-    m = samples(scraped.body.decode())
+    m = metric_samples(scraped.body.decode())
     s = (("session", SESSION),)
     assert m[("sessionkeeper_snapshot_duration_seconds_count", s)] == 1
     assert m[("sessionkeeper_snapshot_bytes_uploaded_total", s)] == \
@@ -206,7 +197,7 @@ def test_open_server_serves_everything_and_keeps_the_qr_out_of_the_log(
     overview = get(daemon, "/api/sessions").json()
     assert overview["sessions"][0]["state"] == "qr_required"
     assert overview["sessions"][0]["qr_available"] and "qr_payload" not in overview["sessions"][0]
-    m = samples(get(daemon, "/metrics").body.decode())
+    m = metric_samples(get(daemon, "/metrics").body.decode())
     assert m[("sessionkeeper_login_state", (("session", SESSION), ("state", "qr_required")))] == 1
 
     daemon.signal(signal.SIGTERM)
@@ -309,7 +300,7 @@ async def test_failed_snapshot_goes_to_the_webhook_and_counts() -> None:
     assert bodies[0]["owner"] == "host-1" and bodies[0]["level"] == "error"
     assert bodies[0]["profile"] == "/data/profile"
     assert "qr_payload" not in bodies[1]
-    m = samples(metrics.exposition().decode())
+    m = metric_samples(metrics.exposition().decode())
     assert m[("sessionkeeper_errors_total", (("kind", "snapshot_failed"),))] == 1
 
 
@@ -331,7 +322,7 @@ async def test_snapshot_committed_line_and_metrics(pool: asyncpg.Pool, profile: 
     assert line["raw_bytes"] == result.bytes_raw > 0 and line["chunks_new"] > 0
     metrics = Metrics()
     metrics.snapshot_committed(result)
-    m = samples(metrics.exposition().decode())
+    m = metric_samples(metrics.exposition().decode())
     assert m[("sessionkeeper_snapshot_bytes_uploaded_total", (("session", "s1"),))] == \
         result.bytes_uploaded > 0
     assert m[("sessionkeeper_snapshot_chunks_total", (("result", "new"), ("session", "s1")))] \

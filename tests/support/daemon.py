@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parents[2]
 DAEMON_SESSION = "e2e"
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """Every sample of a Prometheus exposition, keyed by name and sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def process_table() -> dict[int, tuple[int, list[bytes]]]:
     """pid -> (parent pid, command line) of every process, from /proc."""
     table: dict[int, tuple[int, list[bytes]]] = {}
@@ -124,14 +135,10 @@ class Daemon:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
             return json.loads(r.read())
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample of /metrics, keyed by name and sorted labels."""
-        from prometheus_client.parser import text_string_to_metric_families
-
+    def metrics(self) -> Samples:
+        """Every sample of /metrics (no token), keyed by name and sorted labels."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+            return metric_samples(r.read().decode())
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -157,9 +164,11 @@ class Daemon:
             time.sleep(0.05)
 
 
-def link_demo(demo_port: int) -> dict[str, Any]:
-    """The out-of-band 'phone scan': approve the QR payload the demo site shows."""
-    request = urllib.request.Request(f"http://127.0.0.1:{demo_port}/api/link", data=b"{}",
+def link_demo(demo_port: int, payload: str | None = None) -> dict[str, Any]:
+    """The out-of-band 'phone scan': approve the QR payload the demo site shows (or the given
+    one, as read off the status page; HTTPError 409 if the code rotated in between)."""
+    body = json.dumps({"payload": payload} if payload is not None else {}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{demo_port}/api/link", data=body,
                                      headers={"Content-Type": "application/json"},
                                      method="POST")
     with urllib.request.urlopen(request, timeout=5) as r:
