@@ -33,6 +33,10 @@ class WebhookRejected(Exception):
     """The receiver answered with a status other than 2xx."""
 
 
+# What a try can fail with: retried, and logged as webhook_failed after the last try.
+_RETRIED = (aiohttp.ClientError, TimeoutError, WebhookRejected)
+
+
 class Webhook:
     """Posts events to one URL; start() it inside the event loop, stop() at shutdown."""
 
@@ -111,14 +115,13 @@ class Webhook:
 
         try:
             async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError,
-                                                   WebhookRejected)),
+                    retry=retry_if_exception_type(_RETRIED),
                     stop=stop_after_attempt(ATTEMPTS),
                     wait=wait_exponential(multiplier=self.backoff, max=30 * self.backoff),
                     before_sleep=before_sleep, reraise=True):
                 with attempt:
                     await self._post(event)
-        except (aiohttp.ClientError, TimeoutError, WebhookRejected) as exc:
+        except _RETRIED as exc:
             self.log.warning("webhook_failed", event_name=event.get("event"),
                              session_id=event.get("session_id"), attempts=ATTEMPTS,
                              reason=_reason(exc))
