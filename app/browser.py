@@ -2,13 +2,21 @@
 
 One persistent context per session (Playwright's `launch_persistent_context`). Closing the
 context makes Chromium write everything it holds (localStorage, cookies) to the profile.
+
+With CDP on, Chromium also listens for DevTools clients on a loopback port of its choosing
+(`--remote-debugging-port=0`; it writes the port to `DevToolsActivePort` in the profile), which
+the daemon proxies. A client may open a page of its own on the target (whatsapp-web.js does):
+sites like WhatsApp allow one tab per profile, so the browser then follows the newest client
+page on the target's origin, closes its own, and reads the login state there, never
+navigating, reloading or clicking in a client's page. With no client page left on the origin
+it opens its own page again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +25,19 @@ from playwright.async_api import BrowserContext, Page, Playwright, async_playwri
 from playwright.async_api import Error as PlaywrightError
 
 from app.chromium import CHROMIUM_ARGS
+from app.errors import ConfigError
+from app.login_state import LoginState, Observation
+from app.snapshot.local_storage import origin_of
 from app.targets import Target
 
+__all__ = ["Browser", "BrowserCrashed", "DevTools", "LoginState", "Observation",
+           "TargetUnreachable", "remove_singletons"]
+
 GOTO_TIMEOUT_MS = 30_000
+DEVTOOLS_FILE = "DevToolsActivePort"
+DEVTOOLS_WAIT_S = 10.0
+# Chromium's DevTools on loopback only; the daemon's proxy is the way in from outside.
+CDP_ARGS = ["--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"]
 
 # Runs in the page: the first visible match wins, ready before QR before logged out.
 _OBSERVE_JS = """
@@ -51,31 +69,25 @@ _OBSERVE_JS = """
 """
 
 
-class LoginState(StrEnum):
-    """What the session looks like from outside."""
-
-    STARTING = "starting"
-    WAITING_FOR_LEASE = "waiting_for_lease"
-    RESTORING = "restoring"
-    QR_REQUIRED = "qr_required"
-    READY = "ready"
-    LOGGED_OUT = "logged_out"
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One reading of the page: a state (None: not recognisable yet) and the QR payload."""
-
-    state: LoginState | None
-    qr_payload: str | None = None
-
-
 class BrowserCrashed(Exception):
     """Chromium or the page died (not closed by us)."""
 
 
 class TargetUnreachable(Exception):
     """Chromium runs, but the target page did not load (network, DNS, site down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DevTools:
+    """Where a running Chromium's DevTools endpoint listens (loopback)."""
+
+    port: int
+    browser_path: str  # /devtools/browser/<id>, new at every launch
+
+    @property
+    def base(self) -> str:
+        """http://127.0.0.1:PORT"""
+        return f"http://127.0.0.1:{self.port}"
 
 
 def remove_singletons(profile: Path) -> list[str]:
@@ -92,15 +104,21 @@ def remove_singletons(profile: Path) -> list[str]:
 class Browser:
     """A headless Chromium on one profile directory, showing one target."""
 
-    def __init__(self, chromium: Path, profile: Path, target: Target) -> None:
+    def __init__(self, chromium: Path, profile: Path, target: Target, *,
+                 cdp: bool = False) -> None:
         self.chromium = chromium
         self.profile = profile
         self.target = target
+        self.cdp = cdp
+        self._origin = origin_of(target.url)
         self._playwright: Playwright | None = None
         self._context: BrowserContext | None = None
         self._page: Page | None = None
+        # Pages this browser opened itself; any other page belongs to a DevTools client.
+        self._own: list[Page] = []
         self._closing = False
         self.crash_reason: str | None = None
+        self.devtools: DevTools | None = None
         self._prepare_lock = anyio.Lock()
 
     @property
@@ -110,8 +128,13 @@ class Browser:
 
     @property
     def page(self) -> Page | None:
-        """The target's page while the browser runs."""
+        """The page the login state is read from while the browser runs."""
         return self._page
+
+    @property
+    def following_client(self) -> bool:
+        """True while the login is read through a DevTools client's page."""
+        return self._page is not None and self._page not in self._own
 
     def _crashed(self, reason: str) -> None:
         if not self._closing and self.crash_reason is None:
@@ -128,22 +151,33 @@ class Browser:
         """Launch Chromium on the profile and open the target."""
         self.profile.mkdir(parents=True, exist_ok=True)
         remove_singletons(self.profile)
+        (self.profile / DEVTOOLS_FILE).unlink(missing_ok=True)
         playwright = await self.prepare()
         self._closing = False
         self.crash_reason = None
+        self.devtools = None
         context = await playwright.chromium.launch_persistent_context(
             str(self.profile), executable_path=str(self.chromium), headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900},
+            args=CHROMIUM_ARGS + (CDP_ARGS if self.cdp else []),
+            viewport={"width": 1280, "height": 900},
             # A stable language keeps aria-label selectors stable.
             locale="en-US",
         )
         self._context = context
         context.on("close", lambda _: self._crashed("browser closed"))
-        page = context.pages[0] if context.pages else await context.new_page()
+        if self.cdp:
+            self.devtools = await self._read_devtools()
+        await self._open_own_page(context.pages[0] if context.pages else None)
+
+    async def _open_own_page(self, page: Page | None = None) -> None:
+        """Show the target in a page of our own (the first one at launch, else a new one)."""
+        assert self._context is not None
+        if page is None:
+            page = await self._context.new_page()
+        self._own.append(page)
         page.on("crash", lambda _: self._crashed("page crashed"))
-        page.on("close", lambda _: self._crashed("page closed"))
         self._page = page
-        await self._plain_user_agent(context, page)
+        await self._plain_user_agent(self._context, page)
         try:
             await page.goto(self.target.url, wait_until="domcontentloaded",
                             timeout=GOTO_TIMEOUT_MS)
@@ -151,6 +185,17 @@ class Browser:
             if self.crash_reason is not None:
                 raise BrowserCrashed(self.crash_reason) from None
             raise TargetUnreachable(str(exc).splitlines()[0][:300]) from None
+
+    async def _read_devtools(self) -> DevTools | None:
+        """Chromium's DevTools port and browser path, from the file it writes at start."""
+        deadline = time.monotonic() + DEVTOOLS_WAIT_S
+        path = self.profile / DEVTOOLS_FILE
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                port, browser_path = path.read_text().split()[:2]
+                return DevTools(int(port), browser_path)
+            await anyio.sleep(0.05)
+        return None
 
     async def _plain_user_agent(self, context: BrowserContext, page: Page) -> None:
         """Headless Chromium says "HeadlessChrome"; some sites (WhatsApp) then refuse to
@@ -162,19 +207,51 @@ class Browser:
                            {"userAgent": agent.replace("HeadlessChrome", "Chrome"),
                             "acceptLanguage": "en-US,en"})
 
+    def _on_origin(self, page: Page) -> bool:
+        try:
+            return not page.is_closed() and origin_of(page.url) == self._origin
+        except (ConfigError, ValueError):  # about:blank, data: and other non-http pages
+            return False
+
+    async def follow_pages(self) -> str | None:
+        """Read the login through the newest client page on the target's origin (closing our
+        own), or through our own page when there is none. Returns the event to log when the
+        page changed: `client_page_followed` or `own_page_opened`."""
+        if self._context is None:
+            return None
+        self._own = [p for p in self._own if not p.is_closed()]
+        clients = [p for p in self._context.pages if p not in self._own and self._on_origin(p)]
+        if clients:
+            newest = clients[-1]
+            if newest is self._page:
+                return None
+            self._page = newest
+            own, self._own = self._own, []
+            for page in own:  # WhatsApp shows "use here" in the older of two tabs
+                with contextlib.suppress(PlaywrightError):
+                    await page.close()
+            return "client_page_followed"
+        if self._page is not None and self._page in self._own:
+            return None
+        await self._open_own_page()
+        return "own_page_opened"
+
     async def observe(self) -> Observation:
         """Read the login state from the page; BrowserCrashed if the browser is gone."""
-        if self.crash_reason is not None or self._page is None:
+        if self.crash_reason is not None or self._context is None:
             raise BrowserCrashed(self.crash_reason or "not started")
+        page = self._page
+        if page is None or page.is_closed():
+            return Observation(None)  # follow_pages() picks the next one
         t = self.target
         try:
-            found: dict[str, Any] = await self._page.evaluate(
+            found: dict[str, Any] = await page.evaluate(
                 _OBSERVE_JS, [t.qr_selector, t.ready_selector, t.logged_out_selector,
                               t.qr_attribute, t.logged_out_url])
         except PlaywrightError as exc:
-            if self.crash_reason is not None or self._page.is_closed():
+            if self.crash_reason is not None:
                 raise BrowserCrashed(self.crash_reason or str(exc)) from None
-            return Observation(None)  # mid-navigation: ask again shortly
+            return Observation(None)  # mid-navigation, or the page went: ask again shortly
         state = {"ready": LoginState.READY, "qr": LoginState.QR_REQUIRED,
                  "logged_out": LoginState.LOGGED_OUT}.get(found.get("state", ""))
         return Observation(state, found.get("payload"))
@@ -182,7 +259,8 @@ class Browser:
     async def close(self) -> None:
         """Close the context: Chromium writes what it holds to the profile, then exits."""
         self._closing = True
-        context, self._context, self._page = self._context, None, None
+        context, self._context, self._page, self._own = self._context, None, None, []
+        self.devtools = None
         if context is not None:
             with contextlib.suppress(PlaywrightError):
                 await context.close()

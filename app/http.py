@@ -1,4 +1,5 @@
-"""HTTP on PORT: health, the status page, its API, the QR code and the metrics.
+"""HTTP on PORT: health, the status page, its API, the QR code, the metrics and (with
+SESSIONKEEPER_CDP) the DevTools proxy of app/cdp.py.
 
 /healthz (the process is alive) and /readyz (the sessions' state) are always open, for the
 platform's probes. With SESSIONKEEPER_HTTP_TOKEN set everything else asks for the token, as a
@@ -14,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app.cdp import CdpRoutes
 from app.metrics import CONTENT_TYPE, Metrics
 from app.qr import render_qr
 from app.status import StatusBoard
@@ -54,8 +56,9 @@ def _auth_middleware(token: str) -> Any:
 
 
 def build_app(ready: ReadyFn, board: StatusBoard | None = None,
-              metrics: Metrics | None = None, token: str | None = None) -> web.Application:
-    """The aiohttp application; ready() is what /readyz reports."""
+              metrics: Metrics | None = None, token: str | None = None,
+              cdp: CdpRoutes | None = None) -> web.Application:
+    """The aiohttp application; ready() is what /readyz reports; cdp adds /cdp/{session}."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"}, headers={"Cache-Control": "no-store"})
@@ -70,6 +73,8 @@ def build_app(ready: ReadyFn, board: StatusBoard | None = None,
     app.router.add_get("/readyz", readyz)
     if board is not None:
         _add_status_routes(app, board, metrics, token)
+    if cdp is not None:
+        cdp.add_to(app)
     return app
 
 

@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    IPvAnyAddress,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
@@ -57,6 +64,9 @@ ACCEPTS: dict[str, str] = {
     "log_qr": "true or false",
     "webhook_url": "an http:// or https:// URL",
     "webhook_timeout": "a number of seconds from 0.1 to 60",
+    "login_key": "a localStorage item name (1-256 characters)",
+    "cdp": "true or false",
+    "cdp_bind": "an IP address: 0.0.0.0 (any) or a local one such as 127.0.0.1",
 }
 
 
@@ -197,6 +207,23 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(
         default=5.0, ge=0.1, le=60, description="Seconds one webhook POST may take.",
+    )
+    login_key: str | None = Field(
+        default=None, min_length=1, max_length=256,
+        description="localStorage item on the target's origin whose presence means logged in, "
+        "read from each staged copy by `exec` and `import` (whatsapp: `last-wid-md`, demo: "
+        "its own; custom: none unless set, on the origin of SESSIONKEEPER_TARGET_URL).",
+    )
+    cdp: bool = Field(
+        default=False,
+        description="Let automation clients attach to each session's Chromium through "
+        "`/cdp/{session}` on PORT (needs SESSIONKEEPER_HTTP_TOKEN unless "
+        "SESSIONKEEPER_CDP_BIND=127.0.0.1).",
+    )
+    cdp_bind: IPvAnyAddress | None = Field(
+        default=None,
+        description="The local address `/cdp` answers on: unset or 0.0.0.0, any address PORT "
+        "is reached at; 127.0.0.1, only connections made to loopback (no token needed).",
     )
 
     @field_validator("target", mode="before")

@@ -9,6 +9,13 @@ from dataclasses import dataclass
 
 from app.errors import ConfigError
 from app.settings import Settings
+from app.snapshot.local_storage import LoginKey, origin_of
+
+# The localStorage items that mean "logged in", where no page can be read (`exec`, `import`).
+# WhatsApp Web itself counts a session as logged in while `last-wid-md` is there.
+WHATSAPP_LOGIN_KEY = "last-wid-md"
+# The demo page keeps its device token there (app/demo/static/app.js, LS_TOKEN).
+DEMO_LOGIN_KEY = "demo-token"
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,26 @@ WHATSAPP = Target(
 # data-ref; post_logout=1 for logouts), open-wa (canvas[aria-label='Scan me!']), and recent
 # public selector notes (canvas[aria-label='Scan this QR code to link a device!'], #pane-side,
 # div[aria-label='Chat list']). aria-labels are English: the browser runs with locale en-US.
+
+
+def demo_url(settings: Settings) -> str:
+    """Where the bundled demo site is served (loopback, SESSIONKEEPER_DEMO_PORT)."""
+    return f"http://127.0.0.1:{settings.demo_port}/"
+
+
+def login_key_for(settings: Settings) -> LoginKey | None:
+    """The configured target's login key; None for a custom target without one (its
+    captures are then unlabelled)."""
+    if settings.target == "whatsapp":
+        return LoginKey(origin_of(WHATSAPP.url), settings.login_key or WHATSAPP_LOGIN_KEY)
+    if settings.target == "demo":
+        return LoginKey(origin_of(demo_url(settings)), settings.login_key or DEMO_LOGIN_KEY)
+    if settings.login_key is None:
+        return None
+    if not settings.target_url:
+        raise ConfigError("SESSIONKEEPER_LOGIN_KEY with SESSIONKEEPER_TARGET=custom needs "
+                          "SESSIONKEEPER_TARGET_URL (the key is read on its origin)")
+    return LoginKey(origin_of(settings.target_url), settings.login_key)
 
 
 def demo_target(url: str) -> Target:

@@ -34,6 +34,8 @@ BASE_INCLUDES: tuple[str, ...] = (
     f"{PROFILE}/Service Worker/ScriptCache/**",
 )
 CACHE_STORAGE = f"{PROFILE}/Service Worker/CacheStorage/**"
+# Where a site's localStorage lives (a LevelDB folder), alone: enough to read a login key.
+LOCAL_STORAGE = f"{PROFILE}/Local Storage/**"
 
 # Directories never worth descending into (caches, crash reports, sessions).
 DROPPED_DIRS = frozenset({
@@ -55,9 +57,11 @@ class KeepRules:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     keep_cache_storage: bool = False
+    # What is kept before the user's globs: the login-bearing stores above.
+    base: tuple[str, ...] = BASE_INCLUDES
 
     def __post_init__(self) -> None:
-        includes = [*BASE_INCLUDES, *self.include]
+        includes = [*self.base, *self.include]
         if self.keep_cache_storage:
             includes.append(CACHE_STORAGE)
         object.__setattr__(self, "_inc", glob.compile(includes, flags=_FLAGS))
@@ -91,6 +95,10 @@ class KeepRules:
         if self._exc.match(rel):  # type: ignore[attr-defined]
             return False
         return bool(self._inc.match(rel))  # type: ignore[attr-defined]
+
+
+# Only localStorage: what a peek at the login state copies.
+LOCAL_STORAGE_ONLY = KeepRules(base=(LOCAL_STORAGE,))
 
 
 def is_immutable(rel: str) -> bool:

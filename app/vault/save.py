@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,24 @@ class SaveResult:
     chunks_reused: int
     duration_ms: int
     capture_attempts: int
+    # The login state the capture showed ('ready', 'qr', or None: unlabelled).
+    login_state: str | None = None
+    # Why nothing was committed although something changed (a QR capture over a login).
+    skipped: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """Plain fields for --json output and log events."""
-        return asdict(self)
+        """Plain fields for --json output and log events (`skipped` only when set)."""
+        fields = asdict(self)
+        if self.skipped is None:
+            del fields["skipped"]
+        return fields
+
+
+# A label for a capture: fixed ('ready', 'qr', None), or read from the staged copy (the
+# target's login key in its localStorage) when no page tells the state.
+Label = str | None
+LabelFn = Callable[[Path], Label]
+QR_OVER_LOGIN = "qr capture; a logged-in generation is kept"
 
 
 def _read_hash(chunks: Iterator[bytes], count: int) -> list[tuple[bytes, bytes]]:
@@ -155,17 +169,22 @@ async def _known_digests(conn: Conn, session_id: str,
 
 async def save_snapshot(
     pool: asyncpg.Pool, session_id: str, profile: Path, options: VaultOptions,
-    *, kind: str = "manual", login_state: str | None = None,
+    *, kind: str = "manual", login_state: Label | LabelFn = None, keep_login: bool = False,
     progress: ProgressSink | None = None, lease_token: int | None = None,
+    work_dir: Path | None = None,
 ) -> SaveResult:
     """Capture the profile and commit a new generation if anything changed.
 
-    With a lease token the commit is fenced: LeaseLost if another process owns the session.
+    login_state labels the generation; a function is called with the staged copy's root.
+    With keep_login a capture labelled 'qr' is not committed while a logged-in generation
+    exists (a QR page holds no login to go back to). With a lease token the commit is fenced:
+    LeaseLost if another process owns the session. work_dir (default: beside the profile)
+    holds the staged copies and the stat cache.
     """
     log = get_logger(session_id=session_id)
     progress = progress or NullProgress()
     started = time.monotonic()
-    work = work_dir_for(profile)
+    work = work_dir or work_dir_for(profile)
     cache_path = StatCache.path_for(work, session_id)
     cache = await anyio.to_thread.run_sync(StatCache.load, cache_path, session_id)
     same = await _unchanged_by_stat(pool, session_id, profile, options, cache, started)
@@ -181,20 +200,37 @@ async def save_snapshot(
         fields = dict(note)
         log.warning(str(fields.pop("event")), **fields)
     try:
-        result = await _save_tree(pool, session_id, tree, cache, options, kind, login_state,
+        label = (await anyio.to_thread.run_sync(login_state, tree.root)
+                 if callable(login_state) else login_state)
+        if keep_login and label == "qr" and await _has_login(pool, session_id):
+            return _skipped(session_id, tree, label, started)
+        result = await _save_tree(pool, session_id, tree, cache, options, kind, label,
                                   progress, started, lease_token)
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
     await anyio.to_thread.run_sync(cache.save, cache_path)
     if result.changed:
         # raw_bytes: the name the status docs use; bytes_raw stays for readers of older lines.
-        log.info("snapshot_committed", kind=kind, login_state=login_state,
-                 raw_bytes=result.bytes_raw, **result.as_json())
+        log.info("snapshot_committed", kind=kind, raw_bytes=result.bytes_raw,
+                 **result.as_json())
         await prune(pool, session_id, options.keep_generations)
     else:
         log.info("snapshot_unchanged", files=result.files, bytes_raw=result.bytes_raw,
                  duration_ms=result.duration_ms)
     return result
+
+
+async def _has_login(pool: asyncpg.Pool, session_id: str) -> bool:
+    async with pool.acquire() as conn:
+        return await repo.has_logged_in_generation(conn, session_id)
+
+
+def _skipped(session_id: str, tree: StagedTree, label: Label, started: float) -> SaveResult:
+    return SaveResult(
+        session_id=session_id, changed=False, generation=None, files=len(tree.files),
+        bytes_raw=sum(f.size for f in tree.files), bytes_uploaded=0, chunks_new=0,
+        chunks_reused=0, duration_ms=int((time.monotonic() - started) * 1000),
+        capture_attempts=tree.attempts, login_state=label, skipped=QR_OVER_LOGIN)
 
 
 async def _unchanged_by_stat(
@@ -224,7 +260,8 @@ async def _unchanged_by_stat(
         session_id=session_id, changed=False, generation=latest.generation,
         files=len(entries), bytes_raw=manifest.bytes_raw, bytes_uploaded=0, chunks_new=0,
         chunks_reused=len(manifest.digests()),
-        duration_ms=int((time.monotonic() - started) * 1000), capture_attempts=0)
+        duration_ms=int((time.monotonic() - started) * 1000), capture_attempts=0,
+        login_state=latest.login_state)
 
 
 async def _save_tree(
@@ -243,6 +280,7 @@ async def _save_tree(
             chunks_new=new, chunks_reused=total - new,
             duration_ms=int((time.monotonic() - started) * 1000),
             capture_attempts=tree.attempts,
+            login_state=login_state if changed or latest is None else latest.login_state,
         )
 
     async with pool.acquire() as conn:

@@ -1,0 +1,93 @@
+"""Claim mode: a replica takes registered sessions nobody owns, up to SESSIONKEEPER_MAX_SESSIONS.
+
+Each claimed session gets a runner of its own; a runner whose lease is lost or whose session is
+removed ends, freeing a slot. Claims go one at a time (FOR UPDATE SKIP LOCKED in the database),
+so replicas starting together share the sessions out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import asyncpg
+
+from app.log import get_logger
+from app.metrics import Metrics
+from app.session import DB_ERRORS, SessionRunner, keep_session, retrying
+from app.settings import Settings
+from app.store import leases
+from app.store.db import open_pool
+from app.webhook import Webhook
+
+# Makes a session's runner for its settings and target name (None: this replica's target);
+# None when this replica cannot serve that target.
+RunnerFactory = Callable[[Settings, str | None], SessionRunner | None]
+
+
+class Claimer:
+    """Claims sessions every POLL seconds while there are free slots."""
+
+    POLL = 1.0
+
+    def __init__(self, settings: Settings, make_runner: RunnerFactory,
+                 runners: list[SessionRunner], metrics: Metrics,
+                 webhook: Webhook | None) -> None:
+        self.settings = settings
+        self.make_runner = make_runner
+        self.runners = runners  # shared with the supervisor: the live ones, for status/shutdown
+        self.metrics = metrics
+        self.webhook = webhook
+        self.owner = leases.owner_id()
+        self.log = get_logger()
+        self.pool: asyncpg.Pool | None = None  # once connected; the status page reads it too
+
+    async def run(self, stack: AsyncExitStack, tg: Any) -> None:
+        """Claim every POLL seconds while there are free slots."""
+        assert self.settings.max_sessions is not None
+        pool: asyncpg.Pool | None = None
+        async for attempt in retrying(self.log, "database_unavailable"):
+            with attempt:
+                pool = await stack.enter_async_context(
+                    open_pool(self.settings, max_size=2 + 2 * self.settings.max_sessions))
+        assert pool is not None
+        self.pool = pool
+        while True:
+            free = self.settings.max_sessions - len(self.runners)
+            try:
+                async with pool.acquire() as conn:
+                    # One at a time: replicas starting together share the sessions out.
+                    claims = await leases.claim(conn, self.owner, self.settings.lease_ttl,
+                                                min(free, 1))
+            except DB_ERRORS as exc:
+                self.log.warning("claim_failed", reason=str(exc)[:300])
+                claims = []
+            for claim in claims:
+                runner = self.make_runner(
+                    self.settings.model_copy(update={
+                        "session_id": claim.session_id,
+                        "profile_dir": self.settings.profile_dir / claim.session_id}),
+                    claim.target)
+                if runner is None:
+                    self.log.error("claim_skipped", claimed_session=claim.session_id,
+                                   reason=f"this replica does not serve target {claim.target}")
+                    async with pool.acquire() as conn:
+                        await leases.release(conn, claim.session_id, self.owner, claim.token)
+                    continue
+                runner.owner, runner.lease_token, runner.claimed = (
+                    self.owner, claim.token, True)
+                runner.pool = pool  # one pool per replica; also lets shutdown release
+                runner.log.info("session_claimed", fencing_token=claim.token)
+                self.runners.append(runner)
+                tg.start_soon(self._serve, runner, stack)
+            await anyio.sleep(self.POLL)
+
+    async def _serve(self, runner: SessionRunner, stack: AsyncExitStack) -> None:
+        try:
+            await keep_session(runner, stack, isolate=True, once=True)
+        finally:
+            if runner.lease_token is None and runner in self.runners:
+                self.runners.remove(runner)
+                await runner.driver.close()

@@ -1,0 +1,107 @@
+"""`run`: our own headless Chromium holds the profile; the login state is read from its page."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+from playwright.async_api import Error as PlaywrightError
+
+from app.browser import Browser, BrowserCrashed, DevTools, TargetUnreachable
+from app.drivers.base import SessionHost
+from app.login_state import KNOWN
+from app.snapshot.local_storage import LoginKey
+from app.targets import Target
+
+OBSERVE_EVERY = 0.5
+OBSERVE_FIRST = 0.1
+# A browser that ran this long before it crashed had a new incident: back off from 1 s again.
+STABLE_S = 300.0
+
+
+class ChromiumDriver:
+    """Launches Chromium on the profile, watches the page, relaunches it with backoff."""
+
+    name = "chromium"
+
+    def __init__(self, chromium: Path, profile: Path, target: Target, *,
+                 cdp: bool = False) -> None:
+        self.browser = Browser(chromium, profile, target, cdp=cdp)
+        self.ran = False
+        self.login_key: LoginKey | None = None
+
+    @property
+    def reads_page(self) -> bool:
+        """The login state comes from the page."""
+        return True
+
+    @property
+    def devtools(self) -> DevTools | None:
+        """Chromium's DevTools endpoint while it runs with CDP on."""
+        return self.browser.devtools if self.browser.running else None
+
+    async def prepare(self) -> None:
+        """Start Playwright's driver."""
+        await self.browser.prepare()
+
+    async def run(self, host: SessionHost) -> int | None:
+        """Run Chromium and watch the login; relaunch with backoff when it crashes."""
+        delay = 1.0
+        while True:
+            launched = time.monotonic()
+            try:
+                await self.browser.start()
+                if self.ran:
+                    host.log.info("browser_restarted", reason="crash",
+                                  cdp=self.browser.devtools is not None)
+                self.ran = True
+                host.log.info("browser_started", url=self.browser.target.url,
+                              since_start_ms=host.since_start_ms())
+                await self.watch(host)
+            except TargetUnreachable as exc:
+                host.log.warning("target_unreachable", url=self.browser.target.url,
+                                 reason=str(exc), retry_in_s=delay)
+            except (BrowserCrashed, PlaywrightError) as exc:
+                if time.monotonic() - launched > STABLE_S:
+                    delay = 1.0
+                host.log.error("browser_crashed", reason=str(exc).splitlines()[0][:300],
+                               retry_in_s=delay)
+            await self.browser.close()
+            host.reset_login()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    async def watch(self, host: SessionHost) -> None:
+        """Poll the page for its login state until the browser goes away (quickly until the
+        state is known, so a restored session reports ready without delay)."""
+        while True:
+            moved = await self.browser.follow_pages()
+            if moved is not None:
+                host.log.info(moved, url=self.browser.page.url if self.browser.page else None)
+            seen = await self.browser.observe()
+            if seen.state is not None:
+                await host.on_observation(seen)
+            await anyio.sleep(OBSERVE_EVERY if host.state in KNOWN else OBSERVE_FIRST)
+
+    async def pause(self) -> None:
+        """Close Chromium: it writes everything it holds (cookies, localStorage) at once."""
+        await self.browser.close()
+
+    async def resume(self, host: SessionHost) -> None:
+        """Launch again after a checkpoint; attached DevTools clients must reconnect."""
+        await self.browser.start()
+        host.log.info("browser_restarted", reason="checkpoint",
+                      cdp=self.browser.devtools is not None)
+
+    async def stop(self, signal_name: str | None, within: float) -> None:
+        """Close Chromium before the final snapshot."""
+        await self.browser.close()
+
+    async def abandon(self) -> None:
+        """Close Chromium; the lifecycle writes nothing after a lost lease."""
+        await self.browser.close()
+
+    async def close(self) -> None:
+        """Close Chromium and Playwright's driver."""
+        await self.browser.stop()

@@ -1,0 +1,503 @@
+"""One kept session, read top to bottom: boot -> own -> restore -> drive -> snapshot -> shutdown.
+
+The lifecycle is the same whatever holds the profile (app/drivers): our own Chromium (`run`)
+or a bot's process with a Chromium of its own (`exec`). It connects to PostgreSQL (waiting while
+it is away), takes the session's lease (waiting while another process holds it), restores the
+newest logged-in generation into the profile directory, starts the driver and keeps the login
+state it reports. Every snapshot carries the lease's fencing token; a lost lease stops the
+driver without a write, and the session waits for the lease again. A periodic loop snapshots
+the live profile; right after a fresh login a checkpoint makes the login durable at once (our
+Chromium is closed for it, so cookies and localStorage reach the disk rather than 5-30 s
+later). At shutdown the driver stops (Chromium closes and writes what it holds; a child gets
+the signal), a final snapshot is taken shielded from cancellation and bounded by
+SESSIONKEEPER_SHUTDOWN_TIMEOUT, and the lease is released for the next owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import asyncpg
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+)
+
+from app.browser import DevTools, remove_singletons
+from app.drivers.base import Driver
+from app.errors import (
+    CaptureInvalid,
+    CorruptSnapshot,
+    DatabaseUnavailable,
+    LeaseLost,
+    NotFound,
+    SessionRemoved,
+)
+from app.events import EventLog
+from app.log import get_logger
+from app.login_state import KNOWN, LoginState, Observation, label_of
+from app.metrics import Metrics
+from app.qr import log_qr
+from app.settings import Settings
+from app.status import SessionFacts, SnapshotFacts
+from app.store import leases, repo
+from app.store.db import open_pool
+from app.vault.options import VaultOptions
+from app.vault.restore import restore_profile
+from app.vault.save import Label, LabelFn, SaveResult, save_snapshot
+from app.webhook import Webhook
+
+# What a database outage looks like from asyncpg: retried with backoff, never fatal.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable,
+             TimeoutError, asyncio.TimeoutError)
+# Of SESSIONKEEPER_SHUTDOWN_TIMEOUT, what a child may take to exit before it is killed leaves
+# this much (at most 10 s) for the final snapshot.
+FINAL_SNAPSHOT_SHARE = 0.4
+FINAL_SNAPSHOT_MAX_S = 10.0
+
+
+def retrying(log: Any, event: str, max_wait: float = 60.0) -> AsyncRetrying:
+    """Retry database errors with exponential backoff, logging each retry as `event`."""
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(event, attempt=state.attempt_number, reason=str(exc)[:300],
+                    retry_in_s=round(state.upcoming_sleep, 1))
+
+    return AsyncRetrying(retry=retry_if_exception_type(DB_ERRORS),
+                         wait=wait_exponential(multiplier=1, min=1, max=max_wait),
+                         before_sleep=before_sleep, reraise=True)
+
+
+class SessionRunner:
+    """Keeps one session: its lease, its driver, its snapshots, its state."""
+
+    def __init__(self, settings: Settings, driver: Driver, started: float,
+                 metrics: Metrics | None = None, webhook: Webhook | None = None) -> None:
+        self.settings = settings
+        self.session_id = settings.session_id
+        self.profile = settings.profile_dir.absolute()
+        self.driver = driver
+        self.options = VaultOptions.from_settings(settings)
+        self.owner = leases.owner_id()
+        self.metrics = metrics or Metrics()
+        # Warnings and errors are counted; state changes and failed snapshots go to the webhook.
+        self.log = EventLog(get_logger(session_id=self.session_id), self.session_id,
+                            self.owner, self.metrics, webhook)
+        self.started = started
+        self.pool: asyncpg.Pool | None = None
+        self._state = LoginState.STARTING
+        self._degraded = False
+        self._shown = self.shown_state()
+        self.qr_payload: str | None = None
+        self.qr_serial = 0
+        self.has_login_snapshot = False
+        self.last_snapshot: SnapshotFacts | None = None
+        self.generations_kept: int | None = None
+        self._snapshot_lock = anyio.Lock()
+        # Called with the payload of the first QR code of a login (the demo's simulated phone).
+        self.on_first_qr: Callable[[str], object] | None = None
+        self.lease_token: int | None = None
+        self.other_holder: str | None = None  # who holds the lease while this one waits
+        # Claim mode: the lease was claimed for this runner; when it is lost or the session is
+        # removed, the runner ends instead of waiting (the claim loop decides what runs).
+        self.claimed = False
+        # The driver's own end (a child that exited): its exit code; serve() returns.
+        self.ended: int | None = None
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def state(self) -> LoginState:
+        """The login state the driver reports (or the step before it)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: LoginState) -> None:
+        self._state = value
+        self._report_state()
+
+    @property
+    def degraded(self) -> bool:
+        """True while the database is away (the browser keeps running)."""
+        return self._degraded
+
+    @degraded.setter
+    def degraded(self, value: bool) -> None:
+        self._degraded = value
+        self._report_state()
+
+    def shown_state(self) -> str:
+        """The state an operator sees: `degraded` wins over the login state."""
+        return "degraded" if self._degraded else self._state.value
+
+    def _report_state(self) -> None:
+        shown = self.shown_state()
+        if shown != self._shown:
+            previous, self._shown = self._shown, shown
+            self.log.info("state_changed", state=shown, previous=previous,
+                          qr_available=self.qr_payload is not None)
+
+    def facts(self) -> SessionFacts:
+        """What the status page, /api/sessions and /metrics show."""
+        return SessionFacts(
+            session_id=self.session_id, state=self.shown_state(), run_here=True,
+            ready=self.state is LoginState.READY and not self.degraded,
+            degraded=self.degraded, qr_available=self.qr_payload is not None,
+            qr_serial=self.qr_serial,
+            lease_holder=self.owner if self.lease_token is not None else self.other_holder,
+            lease_held=self.lease_token is not None, fencing_token=self.lease_token,
+            last_snapshot=self.last_snapshot, generations_kept=self.generations_kept)
+
+    def status(self) -> dict[str, Any]:
+        """What /readyz reports."""
+        facts = self.facts().as_json()
+        return {
+            "session_id": self.session_id, "state": self.state.value,
+            "ready": facts["ready"], "degraded": self.degraded,
+            "qr_available": facts["qr_available"], "last_snapshot": facts["last_snapshot"],
+        }
+
+    @property
+    def devtools(self) -> DevTools | None:
+        """The session's Chromium DevTools endpoint while it runs (CDP on, `run` only)."""
+        return self.driver.devtools
+
+    def since_start_ms(self) -> int:
+        """Milliseconds since the process started."""
+        return int((time.monotonic() - self.started) * 1000)
+
+    def reset_login(self) -> None:
+        """What held the profile went away: the login state is unknown until it is back."""
+        self.state, self.qr_payload = LoginState.STARTING, None
+
+    # ------------------------------------------------------------------ boot
+
+    async def boot(self, stack: AsyncExitStack) -> None:
+        """Connect, waiting for the database while it is away."""
+        self.state = LoginState.STARTING
+        async for attempt in retrying(self.log, "database_unavailable"):
+            with attempt:
+                try:
+                    self.pool = await stack.enter_async_context(open_pool(self.settings))
+                except DB_ERRORS:
+                    self.degraded = True
+                    raise
+        self.degraded = False
+
+    async def serve(self) -> None:
+        """Own the session and keep it, for as long as the lease holds; when it is lost, stop
+        the driver without writing and wait for the lease again. Returns when the driver ended
+        by itself (`ended` holds its exit code), or the session was removed (claim mode)."""
+        while True:
+            if self.lease_token is None:
+                if self.claimed:
+                    return
+                await self.acquire_lease()
+            self.state = LoginState.RESTORING
+            try:
+                async with anyio.create_task_group() as tg:
+                    # Renew from the start: a slow restore must not let the lease run out.
+                    tg.start_soon(self.keep_lease)
+                    async for attempt in retrying(self.log, "database_unavailable"):
+                        with attempt:
+                            await self.restore()
+                    tg.start_soon(self.drive, tg.cancel_scope)
+                    tg.start_soon(self.snapshot_loop)
+            except* LeaseLost as group:
+                await self.driver.abandon()  # no snapshot: the session is someone else's now
+                self.log.error("lease_lost", fencing_token=self.lease_token,
+                               reason=str(group.exceptions[0])[:300])
+                self.lease_token = None
+                self.reset_login()
+            except* SessionRemoved:
+                self.log.info("session_removed")
+                await self.shutdown()  # final snapshot, then the lease goes back
+                self.lease_token = None
+                self.claimed = True  # removed: end here rather than wait for the lease
+            if self.ended is not None:
+                return
+
+    async def acquire_lease(self) -> None:
+        """Wait until this process holds the session's lease (polling while another does)."""
+        assert self.pool is not None
+        ttl = self.settings.lease_ttl
+        waited = time.monotonic()
+        last_holder: str | None = None
+        while True:
+            async for attempt in retrying(self.log, "database_unavailable"):
+                with attempt:
+                    async with self.pool.acquire() as conn:
+                        token = await leases.try_acquire(conn, self.session_id, self.owner, ttl)
+                        held = None if token else await leases.holder(conn, self.session_id)
+            if token is not None:
+                break
+            assert held is not None
+            self.other_holder = held.owner
+            self.state = LoginState.WAITING_FOR_LEASE
+            if held.owner != last_holder:
+                last_holder = held.owner
+                self.log.info("waiting_for_lease", holder=held.owner,
+                              expires_in_s=round(held.expires_in_s or 0, 1))
+            await anyio.sleep(min(0.5, ttl / 3))
+        self.lease_token, self.other_holder = token, None
+        self.log.info("lease_acquired", fencing_token=token, owner=self.owner,
+                      waited_ms=int((time.monotonic() - waited) * 1000))
+
+    async def keep_lease(self) -> None:
+        """Renew every third of the TTL; LeaseLost when another owner took it, or when no
+        renewal succeeded for a whole TTL (a partition or a long pause)."""
+        assert self.pool is not None and self.lease_token is not None
+        ttl = self.settings.lease_ttl
+        renewed = time.monotonic()
+        while True:
+            await anyio.sleep(ttl / 3)
+            try:
+                async with self.pool.acquire() as conn:
+                    ok = await leases.renew(conn, self.session_id, self.owner,
+                                            self.lease_token, ttl)
+            except DB_ERRORS as exc:
+                self.degraded = True
+                self.log.warning("lease_renewal_failed", reason=str(exc)[:300])
+                ok = None
+            if ok and self.claimed and not await self._still_registered():
+                raise SessionRemoved(self.session_id)
+            if ok:
+                renewed = time.monotonic()
+            elif ok is False:
+                raise LeaseLost("another process took the lease")
+            elif time.monotonic() - renewed > ttl:
+                raise LeaseLost(f"no renewal for {ttl:.0f} s")
+
+    async def restore(self) -> None:
+        """The newest good generation into the profile directory; an empty profile if none."""
+        assert self.pool is not None
+        try:
+            result = await restore_profile(self.pool, self.session_id, self.profile)
+            self.log.info("session_restored", generation=result.generation, files=result.files,
+                          bytes=result.bytes_raw, duration_ms=result.duration_ms)
+            self.metrics.restored(self.session_id, result.duration_ms)
+        except NotFound:
+            self.log.info("session_new", note="no snapshot yet: starting with an empty profile")
+        except CorruptSnapshot as exc:
+            self.log.error("restore_failed", reason=str(exc))
+        async with self.pool.acquire() as conn:
+            self.has_login_snapshot = await repo.has_logged_in_generation(conn, self.session_id)
+            await self._read_snapshot_facts(conn)
+        removed = remove_singletons(self.profile)
+        if removed:
+            self.log.info("singleton_files_removed", files=removed)
+
+    # ------------------------------------------------------------------ run
+
+    async def drive(self, scope: anyio.CancelScope) -> None:
+        """Run the driver; when what it runs ends by itself, end this round of serve()."""
+        code = await self.driver.run(self)
+        if code is not None:
+            self.ended = code
+            scope.cancel()
+
+    async def on_observation(self, seen: Observation) -> None:
+        """Log state changes; show a new QR code; checkpoint a fresh login."""
+        if seen.state is None:
+            return
+        # A QR code is up (also on a logged-out page that offers one): log and show each new one.
+        if seen.state is LoginState.QR_REQUIRED or seen.qr_payload is not None:
+            fresh = self.state not in (LoginState.QR_REQUIRED, LoginState.LOGGED_OUT)
+            if fresh or seen.qr_payload != self.qr_payload:
+                self.qr_payload = seen.qr_payload
+                self.qr_serial += 1
+                log_qr(self.log, "qr_required" if fresh else "qr_rotated", seen.qr_payload,
+                       self.settings.log_qr)
+                if seen.qr_payload and fresh and self.on_first_qr is not None:
+                    self.on_first_qr(seen.qr_payload)
+        if seen.state is self.state:
+            return
+        if seen.state is LoginState.READY:
+            self.qr_payload = None  # before the state: a ready session offers no QR code
+        previous, self.state = self.state, seen.state
+        if seen.state is LoginState.READY:
+            self.log.info("ready", previous=previous.value, since_start_ms=self.since_start_ms())
+            await self._log_handover()
+            if not self.has_login_snapshot:
+                await self.checkpoint()
+            return
+        # Whatever READY comes after a QR code or a logout is a fresh login to checkpoint.
+        self.has_login_snapshot = False
+        if seen.state is LoginState.LOGGED_OUT:
+            self.log.warning("logged_out", previous=previous.value)
+
+    async def checkpoint(self) -> None:
+        """Make a fresh login durable now: everything to disk (our Chromium closes), a
+        snapshot, then carry on (our Chromium relaunches)."""
+        started = time.monotonic()
+        await self.driver.pause()
+        try:
+            result = await self.snapshot("login")
+            self.log.info("login_checkpoint", generation=result.generation if result else None,
+                          duration_ms=int((time.monotonic() - started) * 1000))
+        except DB_ERRORS as exc:
+            self.degraded = True
+            self.log.warning("login_checkpoint_deferred", reason=str(exc)[:300])
+        except CaptureInvalid as exc:
+            self.log.error("snapshot_failed", kind="login", reason=str(exc))
+        await self.driver.resume(self)
+
+    async def snapshot_loop(self) -> None:
+        """Every SESSIONKEEPER_SNAPSHOT_INTERVAL seconds, a live snapshot (retried while the
+        database is away; the profile keeps everything until then)."""
+        while True:
+            await anyio.sleep(self.settings.snapshot_interval)
+            try:
+                async for attempt in retrying(self.log, "snapshot_failed"):
+                    with attempt:
+                        try:
+                            await self.snapshot("periodic")
+                        except DB_ERRORS:
+                            self.degraded = True
+                            raise
+            except CaptureInvalid as exc:
+                self.log.error("snapshot_failed", kind="periodic", reason=str(exc))
+
+    def _label(self) -> Label | LabelFn:
+        """What the next snapshot is labelled with: the page's state (run), or the login key
+        read from the staged copy (exec; unlabelled when the target names no key)."""
+        if self.driver.reads_page:
+            return label_of(self.state)
+        return self.driver.login_key.state_of if self.driver.login_key else None
+
+    async def snapshot(self, kind: str) -> SaveResult | None:
+        """One snapshot of the profile, labelled with the login state it shows; a QR-state
+        capture never replaces a logged-in generation."""
+        assert self.pool is not None
+        async with self._snapshot_lock:
+            if self.driver.reads_page and self.state not in KNOWN:
+                self.log.info("snapshot_skipped", kind=kind, reason="login state not known yet")
+                return None
+            if self.lease_token is None:
+                self.log.info("snapshot_skipped", kind=kind, reason="no lease")
+                return None
+            result = await save_snapshot(self.pool, self.session_id, self.profile,
+                                         self.options, kind=kind, login_state=self._label(),
+                                         keep_login=True, lease_token=self.lease_token)
+            self.degraded = False
+            if result.skipped is not None:
+                self.log.info("snapshot_skipped", kind=kind, reason=result.skipped)
+                return None
+            if result.login_state != "qr":
+                self.has_login_snapshot = True
+            self.metrics.snapshot_committed(result)
+            if result.changed:
+                try:
+                    async with self.pool.acquire() as conn:
+                        await self._read_snapshot_facts(conn)
+                except DB_ERRORS as exc:  # committed all the same; the page catches up later
+                    self.log.warning("snapshot_facts_unavailable", reason=str(exc)[:300])
+            return result
+
+    async def _read_snapshot_facts(self, conn: Any) -> None:
+        """The newest generation and how many are kept, for the status page and metrics."""
+        generations = await repo.list_generations(conn, self.session_id)
+        self.generations_kept = len(generations)
+        self.last_snapshot = SnapshotFacts.of(generations[0]) if generations else None
+
+    # ------------------------------------------------------------------ shutdown
+
+    def driver_stop_budget(self) -> float:
+        """Seconds a child may take to exit, keeping the rest for the final snapshot."""
+        timeout = self.settings.shutdown_timeout
+        return timeout - min(FINAL_SNAPSHOT_MAX_S, timeout * FINAL_SNAPSHOT_SHARE)
+
+    async def shutdown(self, signal_name: str | None = None) -> bool:
+        """Stop the driver, take the final snapshot; shielded and bounded. True when done."""
+        started = time.monotonic()
+        self.log.info("shutdown_started", state=self.state.value, signal=signal_name)
+        result: SaveResult | None = None
+        stopped_ms = 0
+        with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
+            held = self.pool is not None and self.lease_token is not None
+            if held:
+                await self._lease_call(leases.mark_handover)
+            stopping = time.monotonic()
+            await self.driver.stop(signal_name, self.driver_stop_budget())
+            stopped_ms = int((time.monotonic() - stopping) * 1000)
+            if self.driver.ran and held:
+                try:
+                    result = await self.snapshot("shutdown")
+                except (*DB_ERRORS, CaptureInvalid, LeaseLost) as exc:
+                    self.log.error("final_snapshot_failed", reason=str(exc)[:300])
+            if held and await self._lease_call(leases.release):
+                self.log.info("lease_released", fencing_token=self.lease_token)
+            await self.driver.close()
+        if scope.cancelled_caught:
+            self.log.error("shutdown_timeout", timeout_s=self.settings.shutdown_timeout)
+            return False
+        self.log.info("shutdown_completed", duration_ms=int((time.monotonic() - started) * 1000),
+                      driver_stop_ms=stopped_ms,
+                      generation=result.generation if result else None,
+                      changed=result.changed if result else False)
+        return True
+
+    async def _still_registered(self) -> bool:
+        assert self.pool is not None
+        try:
+            async with self.pool.acquire() as conn:
+                return await leases.is_registered(conn, self.session_id)
+        except DB_ERRORS:
+            return True  # unknown: keep going; renewal decides about the lease
+
+    async def _lease_call(self, call: Callable[..., Any]) -> Any:
+        """A lease operation of ours, best effort (the database may be away at shutdown)."""
+        assert self.pool is not None and self.lease_token is not None
+        try:
+            async with self.pool.acquire() as conn:
+                return await call(conn, self.session_id, self.owner, self.lease_token)
+        except DB_ERRORS as exc:
+            self.log.warning("lease_call_failed", call=call.__name__, reason=str(exc)[:300])
+            return None
+
+    async def _log_handover(self) -> None:
+        """Time from the previous owner's SIGTERM to ready here (database clock), once."""
+        if self.pool is None or self.lease_token is None:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                seconds = await leases.handover_seconds(conn, self.session_id)
+                if seconds is not None:
+                    await leases.clear_handover(conn, self.session_id, self.owner,
+                                                self.lease_token)
+        except DB_ERRORS:
+            return
+        if seconds is not None and seconds < 3600:
+            self.log.info("handover_completed", seconds=round(seconds, 3))
+            self.metrics.handover(self.session_id, seconds)
+
+
+async def keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bool,
+                       once: bool = False) -> None:
+    """Boot and serve one session. With several sessions a failure of one is logged and the
+    session starts over after a pause; the others go on. With once (claim mode) the runner
+    ends when serve() returns: its lease went, and the claim loop decides what runs next."""
+    delay = 5.0
+    while True:
+        try:
+            if runner.pool is None:
+                await runner.boot(stack)
+            await runner.serve()
+            if once or runner.ended is not None:
+                return
+        except Exception as exc:
+            if not isolate:
+                raise
+            runner.log.error("session_failed", reason=repr(exc)[:300], retry_in_s=delay)
+            await runner.driver.abandon()
+            runner.lease_token = None
+            runner.reset_login()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 300.0)
