@@ -81,9 +81,11 @@ class CdpRoutes:
 
     def add_to(self, app: web.Application) -> None:
         """Register the routes."""
-        app.router.add_get("/cdp/{session}/json/version", self.version)
-        app.router.add_get("/cdp/{session}/json/list", self.listing)
-        app.router.add_get("/cdp/{session}/json", self.listing)
+        # Playwright asks for /json/version/ (a trailing slash), as Chromium allows.
+        for slash in ("", "/"):
+            app.router.add_get(f"/cdp/{{session}}/json/version{slash}", self.version)
+            app.router.add_get(f"/cdp/{{session}}/json/list{slash}", self.listing)
+            app.router.add_get(f"/cdp/{{session}}/json{slash}", self.listing)
         app.router.add_get("/cdp/{session}", self.socket)
         app.router.add_get("/cdp/{session}/devtools/{kind}", self.socket)
         app.router.add_get("/cdp/{session}/devtools/{kind}/{id}", self.socket)

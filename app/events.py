@@ -1,8 +1,9 @@
 """A session's log: every line also counts (warnings and errors, by event name, in
 sessionkeeper_errors_total) and the events an operator is told about also go to the webhook.
 
-So the webhook's events are exactly log lines: `state_changed` on every state change, and
-`snapshot_failed` / `final_snapshot_failed` when a snapshot does not make it.
+So the webhook's events are exactly log lines: `state_changed` on every state change,
+`snapshot_failed` / `final_snapshot_failed` when a snapshot does not make it, and
+`browser_restarted` when Chromium relaunched (clients attached through /cdp must reconnect).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 from app.metrics import Metrics
 from app.webhook import Webhook
 
-WEBHOOK_EVENTS = frozenset({"state_changed", "snapshot_failed", "final_snapshot_failed"})
+WEBHOOK_EVENTS = frozenset({"state_changed", "snapshot_failed", "final_snapshot_failed",
+                            # DevTools clients attached through /cdp must reconnect.
+                            "browser_restarted"})
 # Never sent out of the process: the QR payload logs in as the session while it lasts.
 _PRIVATE_FIELDS = frozenset({"qr_payload"})
 

@@ -266,7 +266,7 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
         runner = SessionRunner(settings, driver, started, Metrics(),
                                await _start_webhook(settings, stack))
         log.info("exec_started", command=list(command), profile=str(profile),
-                 login_key=f"{login_key.key} on {login_key.origin}" if login_key else None)
+                 login_item=f"{login_key.key} on {login_key.origin}" if login_key else None)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
 

@@ -15,60 +15,22 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
-from app.settings import Settings
-from app.store.db import open_pool
-from app.vault.restore import restore_profile
 from tests.support.daemon import (
     DAEMON_SESSION,
     Daemon,
     browser_pids,
     free_port,
     link_demo,
+    login,
     process_table,
 )
-from tests.support.inspect_profile import inspect_demo_profile
+from tests.support.vault_db import generations, inspect_generation, sql
 
 SESSION = DAEMON_SESSION
-
-
-def generations(url: str) -> list[dict[str, Any]]:
-    async def query() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(url)
-        try:
-            rows = await conn.fetch("SELECT generation, kind, login_state FROM snapshots "
-                                    "WHERE session_id = $1 ORDER BY generation", SESSION)
-            return [dict(r) for r in rows]
-        finally:
-            await conn.close()
-
-    return asyncio.run(query())
-
-
-def inspect_generation(url: str, generation: int, target: Path, demo_port: int) -> dict[str, Any]:
-    async def go() -> dict[str, Any]:
-        settings = Settings(database_url=url, data_dir=target.parent / "st")  # type: ignore[arg-type]
-        async with open_pool(settings, migrate=False) as pool:
-            await restore_profile(pool, SESSION, target, generation=generation)
-        return await inspect_demo_profile(target, demo_port)
-
-    return asyncio.run(go())
-
-
-def login(daemon: Daemon, demo_port: int) -> None:
-    first = daemon.wait_for("qr_required", 60)
-    assert first["qr_payload"]
-    code, body = daemon.readyz()
-    assert code == 503 and body["state"] == "qr_required" and body["qr_available"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5) as r:
-        assert r.status == 200 and json.loads(r.read()) == {"status": "alive"}
-    assert link_demo(demo_port)["linked"]
-    daemon.wait_for("ready", 30)
-    daemon.wait_for("login_checkpoint", 30)
 
 
 def test_login_survives_a_redeploy(start: Callable[..., Daemon], daemon_env: dict[str, str],
@@ -349,17 +311,6 @@ def test_handover_to_a_waiting_process(start: Callable[..., Daemon],
     assert new.wait_exit(30) == 0
 
 
-def _sql(url: str, query: str, *args: Any) -> Any:
-    async def go() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await conn.fetchval(query, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
 def test_lost_lease_stops_the_browser_without_writing(
         start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str) -> None:
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
@@ -367,7 +318,7 @@ def test_lost_lease_stops_the_browser_without_writing(
     login(daemon, demo_port)
     before = generations(database_url)
     # Another owner takes the session (as after a partition that outlived the lease).
-    _sql(database_url, "UPDATE sessions SET owner = 'intruder', lease_token = lease_token + 1,"
+    sql(database_url, "UPDATE sessions SET owner = 'intruder', lease_token = lease_token + 1,"
          " lease_expires_at = now() + interval '1 hour' WHERE id = $1", SESSION)
     lost = daemon.wait_for("lease_lost", 15)
     assert "another process" in lost["reason"]
@@ -379,7 +330,7 @@ def test_lost_lease_stops_the_browser_without_writing(
     assert daemon.readyz()[1]["state"] == "waiting_for_lease"
     assert generations(database_url) == before  # nothing written after the loss
     # The intruder goes away: the session comes back here, still logged in.
-    _sql(database_url, "UPDATE sessions SET owner = NULL, lease_expires_at = NULL WHERE id = $1",
+    sql(database_url, "UPDATE sessions SET owner = NULL, lease_expires_at = NULL WHERE id = $1",
          SESSION)
     acquired = [e for e in daemon.events if e.get("event") == "lease_acquired"]
     deadline = time.monotonic() + 20
@@ -560,7 +511,7 @@ def test_two_daemons_at_once_only_one_runs_the_browser(
     while time.monotonic() < deadline:
         running = [d for d in (first, second) if browser_pids(d.proc.pid)]
         assert len(running) <= 1, "two browsers on one session"
-        owner = _sql(database_url, "SELECT owner FROM sessions WHERE id = $1", SESSION)
+        owner = sql(database_url, "SELECT owner FROM sessions WHERE id = $1", SESSION)
         if owner:
             holders.add(owner)
         time.sleep(0.1)

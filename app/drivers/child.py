@@ -52,6 +52,7 @@ class ChildDriver:
         self.ran = False
         self.proc: Process | None = None
         self.exit_code: int | None = None
+        self._host: SessionHost | None = None
 
     @property
     def reads_page(self) -> bool:
@@ -78,20 +79,24 @@ class ChildDriver:
             self.exit_code = 127 if isinstance(exc, FileNotFoundError) else 126
             return self.exit_code
         self.ran = True
+        self._host = host
         host.log.info("child_started", pid=self.proc.pid, command=self.command[0],
                       since_start_ms=host.since_start_ms())
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_login, host)
             returncode = await self.proc.wait()
             tg.cancel_scope.cancel()
-        return await self._ended(host, returncode)
+        code = await self._ended(returncode, by="itself")
+        host.reset_login()
+        return code
 
-    async def _ended(self, host: SessionHost, returncode: int) -> int:
+    async def _ended(self, returncode: int, by: str) -> int:
+        """Note the exit and stop what is left of the child's group."""
         self.exit_code = exit_code_of(returncode)
         fields = {"signal": signal.Signals(-returncode).name} if returncode < 0 else {}
-        host.log.info("child_exited", code=self.exit_code, **fields)
+        if self._host is not None:
+            self._host.log.info("child_exited", code=self.exit_code, by=by, **fields)
         await self._reap_group(STRAGGLER_WAIT_S)
-        host.reset_login()
         return self.exit_code
 
     async def _watch_login(self, host: SessionHost) -> None:
@@ -118,18 +123,18 @@ class ChildDriver:
         """Pass the stop signal on to the child and wait up to `within` seconds for it to
         exit; then SIGKILL its whole group."""
         proc = self.proc
-        if proc is None:
-            return
+        if proc is None or proc.returncode is not None:
+            return  # never started, or it ended by itself (and was reaped then)
+        sig = signal.Signals[signal_name] if signal_name else signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        by = sig.name
+        with anyio.move_on_after(max(within, 0.0)):
+            await proc.wait()
         if proc.returncode is None:
-            sig = signal.Signals[signal_name] if signal_name else signal.SIGTERM
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)
-            with anyio.move_on_after(max(within, 0.0)):
-                await proc.wait()
-            if proc.returncode is None:
-                self._kill_group(signal.SIGKILL)
-            self.exit_code = exit_code_of(await proc.wait())
-        await self._reap_group(STRAGGLER_WAIT_S)
+            by = "SIGKILL after the stop timeout"
+            self._kill_group(signal.SIGKILL)
+        await self._ended(await proc.wait(), by=by)
 
     async def abandon(self) -> None:
         """Lease lost: SIGTERM the child, SIGKILL its group if it lingers."""
@@ -163,7 +168,7 @@ class ChildDriver:
 
     async def _reap_group(self, wait_s: float) -> None:
         """Stop what is left of the child's group: SIGTERM, a bounded wait, SIGKILL."""
-        if not self._kill_group(signal.SIGTERM):
+        if not self._alive() or not self._kill_group(signal.SIGTERM):
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -173,10 +178,23 @@ class ChildDriver:
         self._kill_group(signal.SIGKILL)
 
     def _alive(self) -> bool:
+        """True while a process of the child's group runs (zombies waiting for their parent
+        to reap them do not count: they write nothing)."""
         if self.proc is None:
             return False
+        return any(True for _ in group_members(self.proc.pid))
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            os.killpg(self.proc.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members

@@ -174,3 +174,16 @@ def link_demo(demo_port: int, payload: str | None = None) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=5) as r:
         body: dict[str, Any] = json.loads(r.read())
         return body
+
+
+def login(daemon: Daemon, demo_port: int) -> None:
+    """Approve the daemon's first QR code and wait for ready and the login checkpoint."""
+    first = daemon.wait_for("qr_required", 60)
+    assert first["qr_payload"]
+    code, body = daemon.readyz()
+    assert code == 503 and body["state"] == "qr_required" and body["qr_available"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"status": "alive"}
+    assert link_demo(demo_port)["linked"]
+    daemon.wait_for("ready", 30)
+    daemon.wait_for("login_checkpoint", 30)
