@@ -27,12 +27,14 @@ from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
 from app.settings import SESSION_ID_PATTERN, Settings, load_settings
 from app.store import repo
 from app.store.db import open_pool
+from app.targets import login_key_for
 from app.tasks import sole_error
-from app.vault.archive import export_generation, import_generation
+from app.vault.archive import export_generation
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_profile
 from app.vault.retention import prune
 from app.vault.save import save_snapshot
+from app.vault.sources import import_source, open_source
 
 # A handler returns the JSON object to print, or an exit code (the daemon).
 Handler = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any] | int]]
@@ -135,10 +137,16 @@ async def cmd_export(args: argparse.Namespace, settings: Settings) -> dict[str, 
 
 
 async def cmd_import(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Import an exported generation."""
-    async with open_pool(settings) as pool:
+    """Import an export of ours, a whatsapp-web.js RemoteAuth zip (or its base64 text) or a
+    LocalAuth folder as the session's newest generation."""
+    options = VaultOptions.from_settings(settings)
+    login_key = login_key_for(settings)
+    # The source is read and checked before the database is opened: a hostile or mistaken
+    # one changes nothing there.
+    async with open_source(args.source, options.rules) as source, open_pool(settings) as pool:
         with _progress(args) as progress:
-            return await import_generation(pool, args.session, args.file, progress=progress)
+            return await import_source(pool, args.session, source, options,
+                                       login_key=login_key, progress=progress)
 
 
 async def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -164,6 +172,33 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from app.supervisor import run_daemon  # noqa: PLC0415  (Playwright loads only here)
 
     return await run_daemon(settings)
+
+
+def _exec_command(args: argparse.Namespace) -> list[str]:
+    command = list(args.cmd)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ConfigError("exec needs a command: sessionkeeper exec [--session ID] "
+                          "[--profile DIR] -- CMD [ARGS...]")
+    return command
+
+
+async def cmd_exec(args: argparse.Namespace, settings: Settings) -> int:
+    """Keep a session under a command that runs its own Chromium on the profile folder."""
+    from app.supervisor import run_exec  # noqa: PLC0415
+
+    return await run_exec(settings, _exec_command(args))
+
+
+def _exec_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """--session and --profile over the environment's settings."""
+    update: dict[str, Any] = {}
+    if args.session:
+        update["session_id"] = args.session
+    if args.profile:
+        update["profile_dir"] = args.profile
+    return settings.model_copy(update=update)
 
 
 def demo_settings(settings: Settings) -> Settings:
@@ -238,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "the daemon on the bundled demo site and an embedded database; "
             "`demo link` approves the QR code it shows, like a phone scan")
     p.add_argument("action", nargs="?", choices=["link"], help="link: approve the QR code")
+    p = add("exec", cmd_exec, "keep a session under a command that runs its own Chromium on "
+            "the profile: restore, start CMD, snapshot while it runs, pass it SIGTERM/SIGINT, "
+            "take a final snapshot when it exits, exit with its code")
+    p.add_argument("--session", type=_session,
+                   help="the session to keep (default: SESSIONKEEPER_SESSION_ID)")
+    p.add_argument("--profile", type=Path,
+                   help="the profile folder CMD uses (default: SESSIONKEEPER_PROFILE_DIR)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                   help="the command; it gets SESSIONKEEPER_PROFILE_DIR and "
+                   "SESSIONKEEPER_SESSION_ID")
     add("migrate", cmd_migrate, "apply database migrations")
     p = add("sessions", cmd_sessions, "list sessions; `add ID` / `remove ID` register a "
             "session for replicas in claim mode (SESSIONKEEPER_MAX_SESSIONS)")
@@ -260,9 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=_session)
     p.add_argument("file", type=Path)
     p.add_argument("--generation", type=_positive, help="default: newest")
-    p = add("import", cmd_import, "import a portable file as a session's newest generation")
+    p = add("import", cmd_import, "import SOURCE as a session's newest generation: a "
+            "sessionkeeper export, a whatsapp-web.js RemoteAuth zip or its base64 text, or a "
+            "LocalAuth folder (.wwebjs_auth or .wwebjs_auth/session[-ID])")
     p.add_argument("session", type=_session)
-    p.add_argument("file", type=Path)
+    p.add_argument("source", metavar="SOURCE",
+                   help="a file or folder; - reads standard input (e.g. piped from psql)")
     p = add("prune", cmd_prune, "keep the newest N generations, collect unused chunks")
     p.add_argument("session", type=_session)
     p.add_argument("--keep", type=_positive, required=True)
@@ -279,9 +327,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         sys.exit(2)
-    daemon = args.command in ("run", "demo") and getattr(args, "action", None) is None
+    daemon = args.command in ("run", "demo", "exec") and getattr(args, "action", None) is None
     try:
         settings = load_settings()
+        if args.command == "exec":
+            settings = _exec_settings(args, settings)
         # The daemon logs to stdout (platforms show stderr as errors); commands keep stdout
         # for their output.
         configure_logging(settings.log_level, settings.resolved_log_format(),
