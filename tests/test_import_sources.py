@@ -25,15 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import async_playwright
 
-from app.chromium import CHROMIUM_ARGS, find_chromium
-from app.demo.server import DemoSite
 from app.errors import CorruptSnapshot, UserError
 from app.snapshot.local_storage import LoginKey
 from app.targets import DEMO_LOGIN_KEY
 from app.vault.sources import decode_base64, detect_source
 from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
+from tests.support.inspect_profile import demo_page
 from tests.support.node import npm_packages, run_node
 from tests.support.vault_db import generations, sql
 
@@ -79,26 +77,11 @@ class LoggedIn:
 
 
 async def _log_in(profile: Path, port: int) -> None:
-    site = DemoSite(port=port, message_rate=120)
-    url = await site.start()
-    try:
-        async with async_playwright() as p:
-            context = await p.chromium.launch_persistent_context(
-                str(profile), executable_path=str(find_chromium()), headless=True,
-                args=CHROMIUM_ARGS)
-            try:
-                page = context.pages[0] if context.pages else await context.new_page()
-                await page.goto(url)
-                await page.wait_for_function("document.body.dataset.state == 'qr'",
-                                             timeout=20000)
-                assert site.link()
-                await page.wait_for_function("document.body.dataset.state == 'ready'",
-                                             timeout=20000)
-                await asyncio.sleep(6)  # Chromium writes localStorage about 5 s after a change
-            finally:
-                await context.close()
-    finally:
-        await site.stop()
+    async with demo_page(profile, port, message_rate=120) as (site, page):
+        await page.wait_for_function("document.body.dataset.state == 'qr'", timeout=20000)
+        assert site.link()
+        await page.wait_for_function("document.body.dataset.state == 'ready'", timeout=20000)
+        await asyncio.sleep(6)  # Chromium writes localStorage about 5 s after a change
 
 
 @pytest.fixture(scope="module")

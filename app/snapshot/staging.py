@@ -293,12 +293,13 @@ def clear_stale_staging(work_dir: Path) -> None:
         if pid == str(os.getpid()):
             if rest.startswith(_PROCESS_TOKEN):
                 continue  # a capture of this very process is under way
-        elif pid.isdigit() and _alive(int(pid)):
+        elif pid.isdigit() and pid_alive(int(pid)):
             continue  # another live process is capturing right now
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists on this host (ours to signal or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -13,7 +13,6 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import os
 import re
 import shutil
 import socket
@@ -35,7 +34,7 @@ from app.progress import NullProgress, ProgressSink
 from app.snapshot.keep import KeepRules
 from app.snapshot.local_storage import LoginKey
 from app.snapshot.safezip import UnsafeZip, ZipLimits, extract_zip
-from app.snapshot.staging import scan_live
+from app.snapshot.staging import pid_alive, scan_live
 from app.store import repo
 from app.vault.archive import import_generation
 from app.vault.options import VaultOptions
@@ -201,16 +200,6 @@ def _spool(stream: BinaryIO, target: Path, limit: int) -> int:
     return size
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _refuse_open_profile(root: Path, shown: str) -> None:
     """A folder a running Chromium writes to would be copied torn: ask to stop the bot."""
     try:
@@ -218,7 +207,7 @@ def _refuse_open_profile(root: Path, shown: str) -> None:
     except OSError:
         return
     host, _, pid = holder.rpartition("-")
-    if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+    if host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid)):
         raise UserError(f"{shown} is open in a running Chromium (pid {pid}): stop the "
                         "whatsapp-web.js client first, then import")
 
