@@ -92,6 +92,7 @@ def test_a_bot_attaches_reads_and_writes_through_cdp(
         browser = attach(pw, daemon)
         assert len(browser.contexts) == 1  # the kept profile's context, not a new one
         page = browser.contexts[0].pages[0]
+        page.wait_for_function("document.body.dataset.state === 'ready'", timeout=20000)
         info = page.evaluate("window.demoInspect()")
         assert info["state"] == "ready" and info["hasCreds"]
         assert page.evaluate(ADD_MESSAGE, 8128) == 8128
@@ -165,8 +166,9 @@ def test_clients_reconnect_after_a_checkpoint_at_the_same_url(
             hook = receiver.wait_for(10, event="browser_restarted")
             assert hook["reason"] == "checkpoint" and hook["session_id"] == SESSION
             after = attach(pw, daemon)  # the same URL
-            assert after.contexts[0].pages[0].url.startswith(f"http://127.0.0.1:{demo_port}")
-            assert demo_state(after) == "ready" and restarted["cdp"]
+            page = after.contexts[0].pages[0]
+            assert page.url.startswith(f"http://127.0.0.1:{demo_port}") and restarted["cdp"]
+            page.wait_for_function("document.body.dataset.state === 'ready'", timeout=20000)
             after.close()
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit(30) == 0
