@@ -24,11 +24,11 @@ import anyio
 from playwright.async_api import BrowserContext, Page, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
-from app.chromium import CHROMIUM_ARGS
+from app.chromium import CHROMIUM_ARGS, plain_user_agent
 from app.errors import ConfigError
 from app.login_state import LoginState, Observation
 from app.snapshot.local_storage import origin_of
-from app.targets import Target
+from app.targets import Target, read_page, whatsapp
 
 __all__ = ["Browser", "BrowserCrashed", "DevTools", "LoginState", "Observation",
            "TargetUnreachable", "remove_singletons"]
@@ -38,36 +38,6 @@ DEVTOOLS_FILE = "DevToolsActivePort"
 DEVTOOLS_WAIT_S = 10.0
 # Chromium's DevTools on loopback only; the daemon's proxy is the way in from outside.
 CDP_ARGS = ["--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"]
-
-# Runs in the page: the first visible match wins, ready before QR before logged out.
-_OBSERVE_JS = """
-([qr, ready, out, attr, outUrl]) => {
-  const visible = (el) => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
-  const find = (sel) => {
-    if (!sel) return null;
-    try {
-      for (const el of document.querySelectorAll(sel)) if (visible(el)) return el;
-    } catch (e) { return null; }
-    return null;
-  };
-  if (find(ready)) return {state: "ready", payload: null};
-  const q = find(qr);
-  if (q) {
-    let el = q, payload = null;
-    while (el && el.nodeType === 1) {
-      if (attr && el.hasAttribute(attr)) { payload = el.getAttribute(attr); break; }
-      el = el.parentElement;
-    }
-    if (payload === null) payload = (q.textContent || "").trim() || null;
-    // After a logout some sites (WhatsApp: ?post_logout=1) show the QR page again.
-    const out = !!outUrl && location.href.includes(outUrl);
-    return {state: out ? "logged_out" : "qr", payload: payload};
-  }
-  if (find(out)) return {state: "logged_out", payload: null};
-  return {state: "unknown", payload: null};
-}
-"""
-
 
 class BrowserCrashed(Exception):
     """Chromium or the page died (not closed by us)."""
@@ -119,6 +89,8 @@ class Browser:
         self._closing = False
         self.crash_reason: str | None = None
         self.devtools: DevTools | None = None
+        # What still says "headless" in our page (user agent or brands), after each launch.
+        self.headless_seen: list[str] = []
         self._prepare_lock = anyio.Lock()
 
     @property
@@ -156,9 +128,11 @@ class Browser:
         self._closing = False
         self.crash_reason = None
         self.devtools = None
+        agent = await anyio.to_thread.run_sync(plain_user_agent, self.chromium)
         context = await playwright.chromium.launch_persistent_context(
             str(self.profile), executable_path=str(self.chromium), headless=True,
-            args=CHROMIUM_ARGS + (CDP_ARGS if self.cdp else []),
+            args=[*CHROMIUM_ARGS, *(CDP_ARGS if self.cdp else []),
+                  *([f"--user-agent={agent}"] if agent else [])],
             viewport={"width": 1280, "height": 900},
             # A stable language keeps aria-label selectors stable.
             locale="en-US",
@@ -177,7 +151,7 @@ class Browser:
         self._own.append(page)
         page.on("crash", lambda _: self._crashed("page crashed"))
         self._page = page
-        await self._plain_user_agent(self._context, page)
+        await self._check_user_agent(page)
         try:
             await page.goto(self.target.url, wait_until="domcontentloaded",
                             timeout=GOTO_TIMEOUT_MS)
@@ -197,15 +171,13 @@ class Browser:
             await anyio.sleep(0.05)
         return None
 
-    async def _plain_user_agent(self, context: BrowserContext, page: Page) -> None:
-        """Headless Chromium says "HeadlessChrome"; some sites (WhatsApp) then refuse to
-        show a login. Present the same version as plain Chrome."""
-        agent: str = await page.evaluate("navigator.userAgent")
-        if "HeadlessChrome" in agent:
-            cdp = await context.new_cdp_session(page)
-            await cdp.send("Emulation.setUserAgentOverride",
-                           {"userAgent": agent.replace("HeadlessChrome", "Chrome"),
-                            "acceptLanguage": "en-US,en"})
+    async def _check_user_agent(self, page: Page) -> None:
+        """Note what the page reports of itself: a "HeadlessChrome" user agent (the version
+        was unknown) or brand makes WhatsApp refuse to show a login."""
+        seen: list[str] = await page.evaluate(
+            "[navigator.userAgent, ...((navigator.userAgentData || {}).brands || [])"
+            ".map((b) => b.brand)]")
+        self.headless_seen = [s for s in seen if "headless" in s.lower()]
 
     def _on_origin(self, page: Page) -> bool:
         try:
@@ -243,18 +215,36 @@ class Browser:
         page = self._page
         if page is None or page.is_closed():
             return Observation(None)  # follow_pages() picks the next one
-        t = self.target
         try:
-            found: dict[str, Any] = await page.evaluate(
-                _OBSERVE_JS, [t.qr_selector, t.ready_selector, t.logged_out_selector,
-                              t.qr_attribute, t.logged_out_url])
+            found: dict[str, Any] = await page.evaluate(whatsapp.PROBE_JS,
+                                                        self.target.probe_args())
         except PlaywrightError as exc:
             if self.crash_reason is not None:
                 raise BrowserCrashed(self.crash_reason or str(exc)) from None
             return Observation(None)  # mid-navigation, or the page went: ask again shortly
-        state = {"ready": LoginState.READY, "qr": LoginState.QR_REQUIRED,
-                 "logged_out": LoginState.LOGGED_OUT}.get(found.get("state", ""))
-        return Observation(state, found.get("payload"))
+        return read_page(self.target, found, own_page=not self.following_client)
+
+    async def act(self, action: str, arg: str | None = None) -> str | None:
+        """Do something in our own page (never in a client's): `refresh_qr`, `take_over`,
+        `reload`, `pairing_code` (arg: the phone number's digits), `forget_logout`. Returns
+        how it was done (or the code), None when it could not be."""
+        page = self._page
+        if page is None or page.is_closed() or self.following_client:
+            return None
+        scripts = {"refresh_qr": (whatsapp.REFRESH_QR_JS, self.target.qr_reload_selector),
+                   "take_over": (whatsapp.TAKE_OVER_JS, self.target.conflict_text),
+                   "pairing_code": (whatsapp.PAIRING_CODE_JS, arg),
+                   "forget_logout": (whatsapp.FORGET_LOGOUT_JS, None)}
+        try:
+            if action == "reload":
+                await page.reload(wait_until="domcontentloaded", timeout=GOTO_TIMEOUT_MS)
+                return "reload"
+            script, value = scripts[action]
+            result = await (page.evaluate(script, value) if value is not None
+                            else page.evaluate(script))
+        except PlaywrightError:
+            return None
+        return None if result is None else str(result)
 
     async def close(self) -> None:
         """Close the context: Chromium writes what it holds to the profile, then exits."""

@@ -6,8 +6,11 @@ Order: SESSIONKEEPER_CHROMIUM_PATH, else Playwright's own installed Chromium, el
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from app.errors import ConfigError
@@ -74,3 +77,25 @@ def find_chromium(configured: Path | None = None) -> Path:
         "no Chromium found: install one (`playwright install --with-deps chromium`, or "
         "`apt-get install chromium`) or set SESSIONKEEPER_CHROMIUM_PATH"
     )
+
+
+# Chrome's reduced user agent string: only the major version varies, and "(X11; Linux x86_64)"
+# stands for every Linux (https://www.chromium.org/updates/ua-reduction/).
+_PLAIN_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                "Chrome/{major}.0.0.0 Safari/537.36")
+_VERSION = re.compile(r"(\d+)\.\d+\.\d+\.\d+")
+
+
+@functools.cache
+def plain_user_agent(chromium: Path) -> str | None:
+    """The user agent of plain Chrome of the same version as this Chromium, for
+    `--user-agent`: headless Chromium says "HeadlessChrome", which WhatsApp answers with an
+    "update Chrome" page. On the command line it holds for pages, workers and service
+    workers alike, and for the network's User-Agent header. None if the version is unknown."""
+    try:
+        out = subprocess.run([str(chromium), "--version"], capture_output=True, text=True,
+                             timeout=20, check=False, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = _VERSION.search(out)
+    return _PLAIN_AGENT.format(major=found[1]) if found else None

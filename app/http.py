@@ -91,15 +91,23 @@ def _add_status_routes(app: web.Application, board: StatusBoard, metrics: Metric
         return web.json_response(await board.overview(), headers=_PRIVATE)
 
     async def qr(request: web.Request) -> web.Response:
-        payload = board.qr_payload(request.match_info["session"])
-        if payload is None:
-            return web.json_response({"error": "no login needed: no QR code shown"},
-                                     status=404, headers=_PRIVATE)
+        session = request.match_info["session"]
         kind = request.query.get("format", "png")
+        if kind == "code":
+            code = board.pairing_code(session)
+            if code is None:
+                return web.json_response({"error": "no pairing code shown"}, status=404,
+                                         headers=_PRIVATE)
+            return web.Response(text=code, content_type="text/plain", headers=_PRIVATE)
+        payload = board.qr_payload(session)
+        if payload is None:
+            return web.json_response({"error": "no QR code shown (no login needed, a pairing "
+                                      "code instead: ?format=code, or the code expired)"},
+                                     status=404, headers=_PRIVATE)
         if kind == "raw":
             return web.Response(text=payload, content_type="text/plain", headers=_PRIVATE)
         if kind not in ("png", "svg"):
-            return web.json_response({"error": "format is png, svg or raw"}, status=400,
+            return web.json_response({"error": "format is png, svg, raw or code"}, status=400,
                                      headers=_PRIVATE)
         body = render_qr(payload, "svg" if kind == "svg" else "png")
         return web.Response(body=body, content_type=f"image/{'svg+xml' if kind == 'svg' else kind}",

@@ -42,9 +42,9 @@ from app.errors import (
 )
 from app.events import EventLog
 from app.log import get_logger
-from app.login_state import KNOWN, LoginState, Observation, label_of
+from app.login_state import LoginState, Observation
+from app.login_watch import LoginWatch
 from app.metrics import Metrics
-from app.qr import log_qr
 from app.settings import Settings
 from app.status import SessionFacts, SnapshotFacts
 from app.store import leases, repo
@@ -92,17 +92,11 @@ class SessionRunner:
                             self.owner, self.metrics, webhook)
         self.started = started
         self.pool: asyncpg.Pool | None = None
-        self._state = LoginState.STARTING
-        self._degraded = False
-        self._shown = self.shown_state()
-        self.qr_payload: str | None = None
-        self.qr_serial = 0
-        self.has_login_snapshot = False
+        # The login state and its bookkeeping (QR and pairing codes, timers, actions).
+        self.watch = LoginWatch(self.log, settings, self)
         self.last_snapshot: SnapshotFacts | None = None
         self.generations_kept: int | None = None
         self._snapshot_lock = anyio.Lock()
-        # Called with the payload of the first QR code of a login (the demo's simulated phone).
-        self.on_first_qr: Callable[[str], object] | None = None
         self.lease_token: int | None = None
         self.other_holder: str | None = None  # who holds the lease while this one waits
         # Claim mode: the lease was claimed for this runner; when it is lost or the session is
@@ -116,33 +110,40 @@ class SessionRunner:
     @property
     def state(self) -> LoginState:
         """The login state the driver reports (or the step before it)."""
-        return self._state
+        return self.watch.state
 
     @state.setter
     def state(self, value: LoginState) -> None:
-        self._state = value
-        self._report_state()
+        self.watch.state = value
 
     @property
     def degraded(self) -> bool:
-        """True while the database is away (the browser keeps running)."""
-        return self._degraded
+        """True while the database is away, or the target has been connecting too long (the
+        browser keeps running)."""
+        return self.watch.degraded
 
     @degraded.setter
     def degraded(self, value: bool) -> None:
-        self._degraded = value
-        self._report_state()
+        self.watch.set_degraded("database", value)
+
+    @property
+    def qr_payload(self) -> str | None:
+        """The QR code the session shows now (None: no login needed, or it expired)."""
+        return self.watch.qr_payload
+
+    @property
+    def pairing_code(self) -> str | None:
+        """The pairing code to enter on the phone, while one is shown."""
+        return self.watch.pairing_code
+
+    @property
+    def lease_held(self) -> bool:
+        """True while this process holds the session's lease."""
+        return self.lease_token is not None
 
     def shown_state(self) -> str:
         """The state an operator sees: `degraded` wins over the login state."""
-        return "degraded" if self._degraded else self._state.value
-
-    def _report_state(self) -> None:
-        shown = self.shown_state()
-        if shown != self._shown:
-            previous, self._shown = self._shown, shown
-            self.log.info("state_changed", state=shown, previous=previous,
-                          qr_available=self.qr_payload is not None)
+        return self.watch.shown_state()
 
     def facts(self) -> SessionFacts:
         """What the status page, /api/sessions and /metrics show."""
@@ -150,7 +151,8 @@ class SessionRunner:
             session_id=self.session_id, state=self.shown_state(), run_here=True,
             ready=self.state is LoginState.READY and not self.degraded,
             degraded=self.degraded, qr_available=self.qr_payload is not None,
-            qr_serial=self.qr_serial,
+            pairing_code_available=self.pairing_code is not None,
+            qr_serial=self.watch.qr_serial,
             lease_holder=self.owner if self.lease_token is not None else self.other_holder,
             lease_held=self.lease_token is not None, fencing_token=self.lease_token,
             last_snapshot=self.last_snapshot, generations_kept=self.generations_kept)
@@ -161,7 +163,9 @@ class SessionRunner:
         return {
             "session_id": self.session_id, "state": self.state.value,
             "ready": facts["ready"], "degraded": self.degraded,
-            "qr_available": facts["qr_available"], "last_snapshot": facts["last_snapshot"],
+            "qr_available": facts["qr_available"],
+            "pairing_code_available": facts["pairing_code_available"],
+            "last_snapshot": facts["last_snapshot"],
         }
 
     @property
@@ -175,7 +179,7 @@ class SessionRunner:
 
     def reset_login(self) -> None:
         """What held the profile went away: the login state is unknown until it is back."""
-        self.state, self.qr_payload = LoginState.STARTING, None
+        self.watch.reset()
 
     # ------------------------------------------------------------------ boot
 
@@ -278,18 +282,22 @@ class SessionRunner:
     async def restore(self) -> None:
         """The newest good generation into the profile directory; an empty profile if none."""
         assert self.pool is not None
+        restored: tuple[int | None, str | None] = (None, None)
         try:
             result = await restore_profile(self.pool, self.session_id, self.profile)
             self.log.info("session_restored", generation=result.generation, files=result.files,
-                          bytes=result.bytes_raw, duration_ms=result.duration_ms)
+                          bytes=result.bytes_raw, duration_ms=result.duration_ms,
+                          login_state=result.login_state)
             self.metrics.restored(self.session_id, result.duration_ms)
-        except NotFound:
-            self.log.info("session_new", note="no snapshot yet: starting with an empty profile")
+            restored = (result.generation, result.login_state)
+        except NotFound as exc:
+            self.log.info("session_new", note=f"{exc}: starting with the profile as it is")
         except CorruptSnapshot as exc:
             self.log.error("restore_failed", reason=str(exc))
         async with self.pool.acquire() as conn:
-            self.has_login_snapshot = await repo.has_logged_in_generation(conn, self.session_id)
+            has_login = await repo.has_logged_in_generation(conn, self.session_id)
             await self._read_snapshot_facts(conn)
+        self.watch.restored_generation(*restored, has_login_snapshot=has_login)
         removed = remove_singletons(self.profile)
         if removed:
             self.log.info("singleton_files_removed", files=removed)
@@ -304,34 +312,31 @@ class SessionRunner:
             scope.cancel()
 
     async def on_observation(self, seen: Observation) -> None:
-        """Log state changes; show a new QR code; checkpoint a fresh login."""
-        if seen.state is None:
-            return
-        # A QR code is up (also on a logged-out page that offers one): log and show each new one.
-        if seen.state is LoginState.QR_REQUIRED or seen.qr_payload is not None:
-            fresh = self.state not in (LoginState.QR_REQUIRED, LoginState.LOGGED_OUT)
-            if fresh or seen.qr_payload != self.qr_payload:
-                self.qr_payload = seen.qr_payload
-                self.qr_serial += 1
-                log_qr(self.log, "qr_required" if fresh else "qr_rotated", seen.qr_payload,
-                       self.settings.log_qr)
-                if seen.qr_payload and fresh and self.on_first_qr is not None:
-                    self.on_first_qr(seen.qr_payload)
-        if seen.state is self.state:
-            return
-        if seen.state is LoginState.READY:
-            self.qr_payload = None  # before the state: a ready session offers no QR code
-        previous, self.state = self.state, seen.state
-        if seen.state is LoginState.READY:
-            self.log.info("ready", previous=previous.value, since_start_ms=self.since_start_ms())
-            await self._log_handover()
-            if not self.has_login_snapshot:
-                await self.checkpoint()
-            return
-        # Whatever READY comes after a QR code or a logout is a fresh login to checkpoint.
-        self.has_login_snapshot = False
-        if seen.state is LoginState.LOGGED_OUT:
-            self.log.warning("logged_out", previous=previous.value)
+        """A reading of the login state, from the driver."""
+        await self.watch.observe(seen)
+
+    async def act(self, action: str, arg: str | None = None) -> str | None:
+        """Something to do in the driver's own page (see Browser.act); None if it cannot."""
+        return await self.driver.act(action, arg)
+
+    async def ready_reached(self) -> None:
+        """Ready: time the hand-over from the previous owner, once."""
+        await self._log_handover()
+
+    async def mark_logged_out(self) -> int:
+        """The phone unlinked the device: no logged-in generation may be restored again.
+        Fenced by the lease; best effort while the database is away (0)."""
+        if self.pool is None or self.lease_token is None:
+            return 0
+        try:
+            async with self.pool.acquire() as conn:
+                marked = await repo.mark_logged_out(conn, self.session_id, self.owner,
+                                                    self.lease_token)
+                await self._read_snapshot_facts(conn)
+        except DB_ERRORS as exc:
+            self.log.warning("mark_logged_out_failed", reason=str(exc)[:300])
+            return 0
+        return marked
 
     async def checkpoint(self) -> None:
         """Make a fresh login durable now: everything to disk (our Chromium closes), a
@@ -369,7 +374,7 @@ class SessionRunner:
         """What the next snapshot is labelled with: the page's state (run), or the login key
         read from the staged copy (exec; unlabelled when the target names no key)."""
         if self.driver.reads_page:
-            return label_of(self.state)
+            return self.watch.label()
         return self.driver.login_key.state_of if self.driver.login_key else None
 
     async def snapshot(self, kind: str) -> SaveResult | None:
@@ -377,8 +382,9 @@ class SessionRunner:
         capture never replaces a logged-in generation."""
         assert self.pool is not None
         async with self._snapshot_lock:
-            if self.driver.reads_page and self.state not in KNOWN:
-                self.log.info("snapshot_skipped", kind=kind, reason="login state not known yet")
+            if self.driver.reads_page and self.watch.label() is None:
+                self.log.info("snapshot_skipped", kind=kind, state=self.state.value,
+                              reason="login state not known")
                 return None
             if self.lease_token is None:
                 self.log.info("snapshot_skipped", kind=kind, reason="no lease")
@@ -391,7 +397,7 @@ class SessionRunner:
                 self.log.info("snapshot_skipped", kind=kind, reason=result.skipped)
                 return None
             if result.login_state != "qr":
-                self.has_login_snapshot = True
+                self.watch.has_login_snapshot = True
             self.metrics.snapshot_committed(result)
             if result.changed:
                 try:

@@ -67,6 +67,11 @@ ACCEPTS: dict[str, str] = {
     "login_key": "a localStorage item name (1-256 characters)",
     "cdp": "true or false",
     "cdp_bind": "an IP address: 0.0.0.0 (any) or a local one such as 127.0.0.1",
+    "connecting_degraded_after": "a number of seconds > 0",
+    "connecting_reload_after": "a number of seconds > 0",
+    "unknown_after": "a number of seconds > 0",
+    "login_settle": "a number of seconds >= 0",
+    "pairing_phone": "a phone number in international form: + and 7 to 15 digits",
 }
 
 
@@ -219,6 +224,32 @@ class Settings(BaseSettings):
         description="Let automation clients attach to each session's Chromium through "
         "`/cdp/{session}` on PORT (needs SESSIONKEEPER_HTTP_TOKEN unless "
         "SESSIONKEEPER_CDP_BIND=127.0.0.1).",
+    )
+    connecting_degraded_after: float = Field(
+        default=60.0, gt=0,
+        description="Seconds the target may stay connecting (loading, syncing, phone or network "
+        "unreachable) before the session shows as degraded.",
+    )
+    connecting_reload_after: float = Field(
+        default=300.0, gt=0,
+        description="Seconds connecting before the daemon reloads its own page (never a "
+        "client's), again after each such period.",
+    )
+    unknown_after: float = Field(
+        default=60.0, gt=0,
+        description="Seconds a page may match no known screen before the session is "
+        "`unknown` (never ready).",
+    )
+    login_settle: float = Field(
+        default=10.0, ge=0,
+        description="Seconds a fresh login read from the DOM (no site state to say it has "
+        "synced) stays ready before its checkpoint.",
+    )
+    pairing_phone: str | None = Field(
+        default=None, pattern=r"^\+?[0-9]{7,15}$",
+        description="Log in with a pairing code for this phone number (+ and digits) instead "
+        "of scanning a QR code: the code is logged (`pairing_code`), shown on the status page "
+        "and at /qr/{session}?format=code.",
     )
     cdp_bind: IPvAnyAddress | None = Field(
         default=None,

@@ -16,8 +16,8 @@ from app.log import get_logger
 from app.store import repo
 
 # The states a session can show; `degraded` means the database is away while the browser runs.
-STATES = ("starting", "waiting_for_lease", "restoring", "qr_required", "ready", "logged_out",
-          "degraded")
+STATES = ("starting", "waiting_for_lease", "restoring", "connecting", "qr_required", "ready",
+          "logged_out", "conflict", "unknown", "degraded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,7 @@ class SessionFacts:
     ready: bool
     degraded: bool
     qr_available: bool
+    pairing_code_available: bool
     # Bumped on every new QR code: the page reloads the image when it changes.
     qr_serial: int
     lease_holder: str | None
@@ -70,7 +71,16 @@ class SessionView(Protocol):
     """What the board needs from a session runner."""
 
     session_id: str
-    qr_payload: str | None
+
+    @property
+    def qr_payload(self) -> str | None:
+        """The QR code shown now, if any."""
+        ...
+
+    @property
+    def pairing_code(self) -> str | None:
+        """The pairing code shown now, if any."""
+        ...
 
     def facts(self) -> SessionFacts:
         """The session's current facts."""
@@ -94,10 +104,16 @@ class StatusBoard:
 
     def qr_payload(self, session_id: str) -> str | None:
         """The QR code a session of this process shows now, if any."""
-        for session in list(self.sessions):
-            if session.session_id == session_id:
-                return session.qr_payload
-        return None
+        session = self._local(session_id)
+        return session.qr_payload if session else None
+
+    def pairing_code(self, session_id: str) -> str | None:
+        """The pairing code a session of this process shows now, if any."""
+        session = self._local(session_id)
+        return session.pairing_code if session else None
+
+    def _local(self, session_id: str) -> SessionView | None:
+        return next((s for s in list(self.sessions) if s.session_id == session_id), None)
 
     async def overview(self) -> dict[str, Any]:
         """What /api/sessions returns (and the page shows)."""
@@ -124,7 +140,7 @@ class StatusBoard:
         return [
             SessionFacts(
                 session_id=row.session_id, state=None, run_here=False, ready=False,
-                degraded=False, qr_available=False, qr_serial=0,
+                degraded=False, qr_available=False, pairing_code_available=False, qr_serial=0,
                 lease_holder=row.holder, lease_held=False, fencing_token=None,
                 last_snapshot=SnapshotFacts.of(row.latest) if row.latest else None,
                 generations_kept=row.generations)

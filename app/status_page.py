@@ -2,7 +2,8 @@
 
 The script polls /api/sessions every two seconds: it updates each session's state, shows the
 QR image while a login is needed (reloading it, with a cache-buster, whenever the code
-rotates) and hides it once the session is ready. A new or vanished session reloads the page.
+rotates), or the pairing code (from /qr/{session}?format=code, never in the JSON), and hides
+them once the session is ready. A new or vanished session reloads the page.
 Every value put into the HTML is escaped.
 """
 
@@ -22,13 +23,15 @@ h1 { font-size: 1.4rem; margin-bottom: .2rem; }
 .state { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; font-weight: 600;
          background: #eee; }
 .state-ready { background: #d7f5dd; color: #0b5e1c; }
-.state-qr_required, .state-logged_out { background: #fff1c2; color: #6b4e00; }
-.state-degraded { background: #ffd9d9; color: #8a1010; }
+.state-qr_required, .state-logged_out, .state-connecting { background: #fff1c2; color: #6b4e00; }
+.state-degraded, .state-conflict, .state-unknown { background: #ffd9d9; color: #8a1010; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
 dt { color: #555; }
 dd { margin: 0; }
 .qr { margin-top: .8rem; }
 .qr img { width: 296px; height: 296px; image-rendering: pixelated; border: 1px solid #ccc; }
+.code code { font-size: 2rem; letter-spacing: .3rem; padding: .3rem .8rem; background: #eef;
+             border-radius: 6px; }
 .warn { color: #8a1010; }
 """
 
@@ -96,8 +99,28 @@ _SCRIPT = """
         box.hidden = true;
         img.removeAttribute("src");
       }
+      const code = card.querySelector(".code");
+      if (s.pairing_code_available) {
+        if (code.dataset.serial !== String(s.qr_serial) || code.hidden) {
+          try {
+            const r = await fetch(withToken("/qr/" + encodeURIComponent(s.session_id)
+                                            + "?format=code"), {cache: "no-store"});
+            if (r.ok) {
+              const text = await r.text();
+              code.querySelector("code").textContent = text.length === 8
+                ? text.slice(0, 4) + "-" + text.slice(4) : text;
+              code.dataset.serial = String(s.qr_serial);
+              code.hidden = false;
+            }
+          } catch (e) { /* next round */ }
+        }
+      } else {
+        code.hidden = true;
+        code.querySelector("code").textContent = "";
+      }
     }
   }
+  refresh();
   setInterval(refresh, 2000);
 })();
 """
@@ -152,6 +175,11 @@ def _session(s: dict[str, Any], token: str | None) -> str:
   <div class="qr"{"" if s["qr_available"] else " hidden"}>
     <p>Scan this code with the phone (WhatsApp: Settings, Linked devices, Link a device).</p>
     <img alt="QR code to log in session {escape(sid)}" data-serial="{int(s["qr_serial"])}"{img}>
+  </div>
+  <div class="code" hidden>
+    <p>Enter this code on the phone (WhatsApp: Linked devices, Link a device, Link with phone
+    number instead).</p>
+    <code></code>
   </div>
 </section>"""
 

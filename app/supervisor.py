@@ -142,7 +142,7 @@ def _simulate_phone(runner: SessionRunner, site: Any, delay: float) -> None:
         if runner.state is not LoginState.READY:
             loop.call_later(delay, approve)
 
-    runner.on_first_qr = lambda _payload: loop.call_later(delay, approve)
+    runner.watch.on_first_qr = lambda _payload: loop.call_later(delay, approve)
 
 
 def session_settings(settings: Settings) -> list[Settings]:

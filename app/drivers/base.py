@@ -59,6 +59,11 @@ class Driver(Protocol):
         by itself (a child), and runs until cancelled otherwise."""
         ...
 
+    async def act(self, action: str, arg: str | None = None) -> str | None:
+        """Do something in our own page (refresh a QR code, take over, reload, ask for a
+        pairing code); None when there is no page of ours to do it in."""
+        ...
+
     async def pause(self) -> None:
         """Make everything reach the disk for a login checkpoint (our Chromium closes)."""
 

@@ -113,6 +113,10 @@ class ChildDriver:
                     LoginState.READY if label == "ready" else LoginState.QR_REQUIRED))
             await anyio.sleep(PEEK_EVERY)
 
+    async def act(self, action: str, arg: str | None = None) -> str | None:
+        """The child's browser is its own: nothing is done in it."""
+        return None
+
     async def pause(self) -> None:
         """A live capture is safe (staged and validated): the child keeps running."""
 

@@ -58,6 +58,8 @@ class ChromiumDriver:
                 self.ran = True
                 host.log.info("browser_started", url=self.browser.target.url,
                               since_start_ms=host.since_start_ms())
+                if self.browser.headless_seen:
+                    host.log.warning("user_agent_headless", seen=self.browser.headless_seen)
                 await self.watch(host)
             except TargetUnreachable as exc:
                 host.log.warning("target_unreachable", url=self.browser.target.url,
@@ -83,6 +85,10 @@ class ChromiumDriver:
             if seen.state is not None:
                 await host.on_observation(seen)
             await anyio.sleep(OBSERVE_EVERY if host.state in KNOWN else OBSERVE_FIRST)
+
+    async def act(self, action: str, arg: str | None = None) -> str | None:
+        """Do something in our own page (never a client's)."""
+        return await self.browser.act(action, arg)
 
     async def pause(self) -> None:
         """Close Chromium: it writes everything it holds (cookies, localStorage) at once."""

@@ -331,8 +331,22 @@ async def delete_session(conn: Conn, session_id: str) -> bool:
 
 
 async def has_logged_in_generation(conn: Conn, session_id: str) -> bool:
-    """True if a generation not taken on a QR page exists (ready, or unlabelled manual)."""
+    """True if a logged-in generation exists (ready, or unlabelled manual), not taken on a QR
+    page and not marked logged out."""
     found: bool = await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM snapshots WHERE session_id = $1 "
-        "AND login_state IS DISTINCT FROM 'qr')", session_id)
+        "AND (login_state IS NULL OR login_state = 'ready'))", session_id)
     return found
+
+
+async def mark_logged_out(conn: Conn, session_id: str, owner: str, lease_token: int) -> int:
+    """Label every logged-in generation of a session `logged_out` (the phone unlinked the
+    device: none of them logs in any more), while `owner` holds the lease with that token.
+    Returns how many were marked."""
+    done: str = await conn.execute(
+        """UPDATE snapshots SET login_state = 'logged_out'
+            WHERE session_id = $1 AND (login_state IS NULL OR login_state = 'ready')
+              AND EXISTS (SELECT 1 FROM sessions
+                           WHERE id = $1 AND owner = $2 AND lease_token = $3)""",
+        session_id, owner, lease_token)
+    return int(done.rsplit(maxsplit=1)[-1])

@@ -200,8 +200,9 @@ async def import_generation(
         sizes.update(manifest.chunk_sizes())
     decoder = Decoder()
     chunks_new = uploaded = 0
-    login_state = header.get("login_state") if header.get("login_state") in ("ready", "qr") \
-        else None
+    # A label the file may carry; anything else counts as unlabelled.
+    login_state = header.get("login_state") if header.get("login_state") in (
+        "ready", "qr", "logged_out") else None
     progress.start("import", int(header.get("objects") or 0))
     try:
         async with pool.acquire() as conn:

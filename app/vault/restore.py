@@ -50,6 +50,8 @@ class RestoreResult:
     bytes_raw: int
     duration_ms: int
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # The generation's label: 'ready', 'qr', 'logged_out' or None (unlabelled).
+    login_state: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Plain fields for --json output."""
@@ -200,8 +202,9 @@ def swap_into_place(fresh: Path, target: Path) -> None:
 
 def restore_order(generations: list[repo.GenerationInfo]) -> list[int]:
     """Newest first, but a snapshot taken while the page showed a QR code never comes before
-    a logged-in (or unlabelled, manual) one: a QR-state profile is no login to go back to."""
-    logged_in = [g.generation for g in generations if g.login_state != "qr"]
+    a logged-in (or unlabelled, manual) one: a QR-state profile is no login to go back to.
+    A generation marked logged out (the phone unlinked the device) never comes back."""
+    logged_in = [g.generation for g in generations if g.login_state in (None, "ready")]
     return logged_in + [g.generation for g in generations if g.login_state == "qr"]
 
 
@@ -248,10 +251,15 @@ async def restore_profile(
     async with pool.acquire() as conn, repo.chunk_lock_shared(conn, session_id):
         if not await repo.session_exists(conn, session_id):
             raise NotFound(f"no session {session_id!r} in the database")
+        generations = await repo.list_generations(conn, session_id)
+        labels = {g.generation: g.login_state for g in generations}
         if generation is not None:
             candidates = [generation]
         else:
-            candidates = restore_order(await repo.list_generations(conn, session_id))
+            candidates = restore_order(generations)
+            if not candidates and generations:
+                raise NotFound(f"session {session_id!r} has no generation to restore: every "
+                               "one is logged out (the phone unlinked the device)")
             if not candidates:
                 raise NotFound(f"session {session_id!r} has no snapshot yet")
         for gen in candidates:
@@ -269,7 +277,8 @@ async def restore_profile(
             await anyio.to_thread.run_sync(swap_into_place, fresh, profile)
             await anyio.to_thread.run_sync(_seed_cache, profile, session_id, gen, manifest)
             result = RestoreResult(session_id, gen, len(manifest.files), manifest.bytes_raw,
-                                   int((time.monotonic() - started) * 1000), skipped)
+                                   int((time.monotonic() - started) * 1000), skipped,
+                                   labels.get(gen))
             log.info("restore_completed", generation=gen, files=result.files,
                      bytes=result.bytes_raw, duration_ms=result.duration_ms,
                      skipped=[s["generation"] for s in skipped])
