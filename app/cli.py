@@ -212,25 +212,33 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | int:
-    """`demo`: the daemon on the demo site; `demo link`: approve the QR code it shows."""
+    """`demo`: the daemon on the demo site; `demo link [--code CODE]`: approve the QR code
+    (or a pairing code) it shows; `demo unlink`: log its devices out from the "phone"."""
+    if args.code is not None and args.action != "link":
+        raise UserError("--code goes with `demo link`")
     if args.action == "link":
-        return await _demo_link(settings.demo_port)
+        body = {} if args.code is None else {"code": args.code}
+        out = await _demo_post(settings.demo_port, "/api/link", body)
+        if not out.get("linked"):
+            raise UserError(f"the demo site refused the link: {out.get('error', out)}")
+        return out
+    if args.action == "unlink":
+        return await _demo_post(settings.demo_port, "/api/unlink", {})
     return await cmd_run(args, demo_settings(settings))
 
 
-async def _demo_link(port: int) -> dict[str, Any]:
+async def _demo_post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to the demo site on loopback; its JSON answer (whatever the status)."""
     import aiohttp  # noqa: PLC0415
 
-    url = f"http://127.0.0.1:{port}/api/link"
+    url = f"http://127.0.0.1:{port}{path}"
     try:
-        async with aiohttp.ClientSession() as http, http.post(url, json={}) as response:
-            body: dict[str, Any] = await response.json()
-    except aiohttp.ClientError as exc:
+        async with aiohttp.ClientSession() as http, http.post(url, json=body) as response:
+            out: dict[str, Any] = await response.json()
+    except (aiohttp.ClientError, ValueError) as exc:
         raise UserError(f"no demo site at 127.0.0.1:{port} ({exc}); start `sessionkeeper demo` "
                         "first (SESSIONKEEPER_DEMO_PORT sets the port)") from None
-    if not body.get("linked"):
-        raise UserError(f"the demo site refused the link: {body.get('error', body)}")
-    return body
+    return out
 
 
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -271,8 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the daemon: restore, keep Chromium logged in, snapshot, "
         "flush on SIGTERM")
     p = add("demo", cmd_demo, "the daemon on the bundled demo site and an embedded database; "
-            "`demo link` approves the QR code it shows, like a phone scan")
-    p.add_argument("action", nargs="?", choices=["link"], help="link: approve the QR code")
+            "`demo link` approves the QR code it shows, like a phone scan; `demo unlink` logs "
+            "its devices out, like the phone's 'Log out'")
+    p.add_argument("action", nargs="?", choices=["link", "unlink"],
+                   help="link: approve the QR code (or --code); unlink: log out every device")
+    p.add_argument("--code", metavar="CODE",
+                   help="with link: approve this pairing code (e.g. K7QD-9XWF) instead")
     p = add("exec", cmd_exec, "keep a session under a command that runs its own Chromium on "
             "the profile: restore, start CMD, snapshot while it runs, pass it SIGTERM/SIGINT, "
             "take a final snapshot when it exits, exit with its code")
