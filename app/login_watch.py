@@ -44,8 +44,8 @@ class WatchedSession(Protocol):
     async def checkpoint(self) -> None:
         """Make a fresh login durable now."""
 
-    async def mark_logged_out(self) -> int:
-        """Mark the session's logged-in generations logged out; how many were."""
+    async def mark_logged_out(self) -> list[int]:
+        """Mark the session's logged-in generations logged out; which ones were."""
         ...
 
     async def ready_reached(self) -> None:
@@ -161,7 +161,8 @@ class LoginWatch:
                 and self.restored is not None):
             state = LoginState.LOGGED_OUT  # unlinked from the phone while we were away
             seen_logout = "qr code after restoring a logged-in generation"
-        self._first_after_restore = False
+        if state is not LoginState.CONNECTING:  # loading comes first, whatever follows
+            self._first_after_restore = False
         if state is LoginState.UNKNOWN:
             await self._unknown(seen, f"blocked: {seen.app_state}")
             return

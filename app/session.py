@@ -323,11 +323,11 @@ class SessionRunner:
         """Ready: time the hand-over from the previous owner, once."""
         await self._log_handover()
 
-    async def mark_logged_out(self) -> int:
+    async def mark_logged_out(self) -> list[int]:
         """The phone unlinked the device: no logged-in generation may be restored again.
-        Fenced by the lease; best effort while the database is away (0)."""
+        Fenced by the lease; best effort while the database is away (none marked)."""
         if self.pool is None or self.lease_token is None:
-            return 0
+            return []
         try:
             async with self.pool.acquire() as conn:
                 marked = await repo.mark_logged_out(conn, self.session_id, self.owner,
@@ -335,7 +335,7 @@ class SessionRunner:
                 await self._read_snapshot_facts(conn)
         except DB_ERRORS as exc:
             self.log.warning("mark_logged_out_failed", reason=str(exc)[:300])
-            return 0
+            return []
         return marked
 
     async def checkpoint(self) -> None:

@@ -139,6 +139,9 @@ def test_a_client_tab_is_followed_never_fought(start: Callable[..., Daemon],
         reopened = daemon.wait_for("own_page_opened", 10)
         assert reopened["url"].startswith(f"http://127.0.0.1:{demo_port}")
         browser.close()
+    deadline = time.monotonic() + 20  # the new page connects, then syncs
+    while daemon.readyz()[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert daemon.readyz()[0] == 200
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(30) == 0

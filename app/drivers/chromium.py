@@ -81,9 +81,8 @@ class ChromiumDriver:
             moved = await self.browser.follow_pages()
             if moved is not None:
                 host.log.info(moved, url=self.browser.page.url if self.browser.page else None)
-            seen = await self.browser.observe()
-            if seen.state is not None:
-                await host.on_observation(seen)
+            # Unrecognised readings count too: a screen nothing knows becomes `unknown`.
+            await host.on_observation(await self.browser.observe())
             await anyio.sleep(OBSERVE_EVERY if host.state in KNOWN else OBSERVE_FIRST)
 
     async def act(self, action: str, arg: str | None = None) -> str | None:

@@ -339,14 +339,16 @@ async def has_logged_in_generation(conn: Conn, session_id: str) -> bool:
     return found
 
 
-async def mark_logged_out(conn: Conn, session_id: str, owner: str, lease_token: int) -> int:
+async def mark_logged_out(conn: Conn, session_id: str, owner: str,
+                          lease_token: int) -> list[int]:
     """Label every logged-in generation of a session `logged_out` (the phone unlinked the
     device: none of them logs in any more), while `owner` holds the lease with that token.
-    Returns how many were marked."""
-    done: str = await conn.execute(
+    Returns the generations marked."""
+    rows = await conn.fetch(
         """UPDATE snapshots SET login_state = 'logged_out'
             WHERE session_id = $1 AND (login_state IS NULL OR login_state = 'ready')
               AND EXISTS (SELECT 1 FROM sessions
-                           WHERE id = $1 AND owner = $2 AND lease_token = $3)""",
+                           WHERE id = $1 AND owner = $2 AND lease_token = $3)
+        RETURNING generation""",
         session_id, owner, lease_token)
-    return int(done.rsplit(maxsplit=1)[-1])
+    return sorted(int(r["generation"]) for r in rows)
