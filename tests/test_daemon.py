@@ -199,7 +199,7 @@ def test_chromium_crash_is_survived(start: Callable[..., Daemon],
         os.kill(pid, signal.SIGKILL)
     crashed = daemon.wait_for("browser_crashed", 30)
     assert crashed["retry_in_s"] >= 1
-    daemon.wait_for("browser_restarted", 60)
+    daemon.wait_for("browser_restarted", 60, reason="crash")
     # Relaunched from the local profile: logged in again without a QR code.
     ready_again = [e for e in daemon.events if e.get("event") == "ready"]
     deadline = time.monotonic() + 30
@@ -392,7 +392,7 @@ def test_several_sessions_in_one_process(start: Callable[..., Daemon],
         time.sleep(0.1)
     assert len(alpha) == 1
     os.kill(alpha[0], signal.SIGKILL)
-    daemon.wait_for("browser_restarted", 60, session_id="alpha")
+    daemon.wait_for("browser_restarted", 60, session_id="alpha", reason="crash")
     crashed = [e["session_id"] for e in daemon.events if e.get("event") == "browser_crashed"]
     assert crashed == ["alpha"]
     daemon.signal(signal.SIGTERM)

@@ -354,14 +354,29 @@ def test_pairing_code_links_the_demo(start: Callable[..., Daemon], daemon_env: d
         request = urllib.request.Request(
             f"http://127.0.0.1:{daemon.port}/qr/{SESSION}?format=code",
             headers={"Authorization": f"Bearer {TOKEN}"})
-        with urllib.request.urlopen(request, timeout=5) as r:
-            code = r.read().decode()
+        for _ in range(20):  # the page shows a rotated code within about a second
+            with urllib.request.urlopen(request, timeout=5) as r:
+                code = r.read().decode()
+            if code == site.call(lambda s: s.current_pairing_code):
+                break
+            time.sleep(0.3)
         assert code == site.call(lambda s: s.current_pairing_code)
         overview = json.loads(urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{daemon.port}/api/sessions",
             headers={"Authorization": f"Bearer {TOKEN}"}), timeout=5).read())
         facts = overview["sessions"][0]
         assert facts["pairing_code_available"] and code not in json.dumps(overview)
+        with sync_playwright() as pw:  # the status page shows it to a person
+            browser = pw.chromium.launch(executable_path=str(find_chromium()), headless=True,
+                                         args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{daemon.port}/?token={TOKEN}")
+            shown = page.locator(".code code")
+            shown.wait_for(state="visible", timeout=15000)
+            logged = {e["code"] for e in daemon.events if e.get("event") == "pairing_code"}
+            assert shown.text_content() in logged  # (codes rotate every 4 s here)
+            browser.close()
+        code = site.call(lambda s: s.current_pairing_code)
         linked = subprocess.run(
             [sys.executable, "-m", "app", "demo", "link", "--code", f"{code[:4]}-{code[4:]}"],
             cwd=ROOT, env=daemon_env, capture_output=True, text=True, timeout=60)
