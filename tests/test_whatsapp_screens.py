@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -49,6 +48,13 @@ def control(demo_port: int, path: str = "/api/control", **body: Any) -> dict[str
     with urllib.request.urlopen(request, timeout=10) as r:
         answer: dict[str, Any] = json.loads(r.read())
         return answer
+
+
+def link_through(daemon: Daemon, site: ThreadedDemoSite) -> None:
+    """Approve the daemon's first QR code on a site the test runs; wait for the checkpoint."""
+    payload = daemon.wait_for("qr_required", 60)["qr_payload"]
+    assert site.call(lambda s: s.link(payload))
+    daemon.wait_for("login_checkpoint", 30)
 
 
 def wait_ready(daemon: Daemon, timeout: float = 30) -> dict[str, Any]:
@@ -101,8 +107,7 @@ def test_phone_unreachable_is_connecting_then_degraded_then_reloaded(
             assert hook.wait_for(10, event="state_changed", state=state)
         assert hook.wait_for(10, event="state_changed", state="ready", previous="degraded") \
             or hook.wait_for(10, event="state_changed", state="ready", previous="connecting")
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(30) == 0
+        daemon.stop_cleanly()
 
 
 def test_an_expired_qr_code_is_refreshed(start: Callable[..., Daemon],
@@ -124,8 +129,7 @@ def test_an_expired_qr_code_is_refreshed(start: Callable[..., Daemon],
         assert served == site.call(lambda s: s.current_payload)
         assert site.call(lambda s: s.link(served))
         daemon.wait_for("ready", 30)
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(30) == 0
+        daemon.stop_cleanly()
 
 
 def _second_window(pw: Any, url: str, profile: Path) -> Any:
@@ -199,8 +203,7 @@ def test_conflict_is_taken_over_in_our_page_never_in_a_clients(
         finally:
             context.close()
             pw.stop()
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(30) == 0
+        daemon.stop_cleanly()
 
 
 def test_logout_from_the_phone_marks_the_login_dead(
@@ -222,15 +225,13 @@ def test_logout_from_the_phone_marks_the_login_dead(
         assert hook.wait_for(10, event="state_changed", state="logged_out")
         assert {g["login_state"] for g in generations(database_url)} == {"logged_out"}
         daemon.wait_for("qr_required", 15)  # a new code to link again
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(30) == 0
+        daemon.stop_cleanly()
 
     again = start()
     restored = again.wait_for("session_restored", 60)
     assert restored["generation"] not in logged_in and restored["login_state"] == "qr"
     again.wait_for("qr_required", 60)
-    again.signal(signal.SIGTERM)
-    assert again.wait_exit(30) == 0
+    again.stop_cleanly()
 
 
 def test_unlinked_while_no_daemon_ran_is_logged_out_at_boot(
@@ -238,11 +239,8 @@ def test_unlinked_while_no_daemon_ran_is_logged_out_at_boot(
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     with ThreadedDemoSite(demo_port, message_rate=0) as site:
         first = start()
-        payload = first.wait_for("qr_required", 60)["qr_payload"]
-        assert site.call(lambda s: s.link(payload))
-        first.wait_for("login_checkpoint", 30)
-        first.signal(signal.SIGTERM)
-        assert first.wait_exit(30) == 0
+        link_through(first, site)
+        first.stop_cleanly()
         final = first.wait_for("shutdown_completed")["generation"]
         site.call(lambda s: s.unlink())  # the phone unlinks the device meanwhile
 
@@ -255,18 +253,16 @@ def test_unlinked_while_no_daemon_ran_is_logged_out_at_boot(
         assert out["reason"] in ("logout", "qr code after restoring a logged-in generation")
         assert final in out["generations_marked"]
         assert second.readyz()[1]["state"] == "logged_out"
-        second.signal(signal.SIGTERM)
-        assert second.wait_exit(30) == 0
+        second.stop_cleanly()
         labels = {g["generation"]: g["login_state"] for g in generations(database_url)}
         assert labels[final] == "logged_out"
 
-        third = start()  # restores no dead login
-        assert third.wait_for("session_restored", 60)["generation"] != final or \
-            "session_new" in third.names()
+        third = start()  # restores no dead login: the QR-state capture of the second run
+        restored = third.wait_for("session_restored", 60)
+        assert restored["generation"] != final and restored["login_state"] == "qr"
         third.wait_for("qr_required", 60)
         assert "logged_out" not in third.names()
-        third.signal(signal.SIGTERM)
-        assert third.wait_exit(30) == 0
+        third.stop_cleanly()
 
 
 def test_blocked_and_unknown_screens_are_never_ready(start: Callable[..., Daemon],
@@ -299,8 +295,7 @@ def test_blocked_and_unknown_screens_are_never_ready(start: Callable[..., Daemon
         assert daemon.readyz()[0] == 503
         control(demo_port, screen=None)
         wait_ready(daemon)
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(30) == 0
+        daemon.stop_cleanly()
 
 
 def test_a_changed_probe_falls_back_to_the_dom(start: Callable[..., Daemon],
@@ -321,8 +316,7 @@ def test_a_changed_probe_falls_back_to_the_dom(start: Callable[..., Daemon],
         assert checkpoint["_t"] - ready["_t"] >= 2  # the settle delay of the DOM path
         assert daemon.names().count("target_probe_changed") == 1
         assert generations(database_url)[-1]["login_state"] == "ready"
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(30) == 0
+        daemon.stop_cleanly()
 
 
 def test_the_login_is_checkpointed_after_the_sync(start: Callable[..., Daemon],
@@ -335,8 +329,7 @@ def test_the_login_is_checkpointed_after_the_sync(start: Callable[..., Daemon],
     assert ready["synced"] is True and ready["app_state"] == "CONNECTED"
     checkpoint = daemon.wait_for("login_checkpoint")
     assert checkpoint["_t"] >= ready["_t"]
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit(30) == 0
+    daemon.stop_cleanly()
     seen = inspect_generation(database_url, checkpoint["generation"], tmp_path / "g", demo_port)
     # 1 MB of history is about 134 records (4 KiB each, a 60 KB photo every 16th): all in.
     assert seen["state"] == "ready" and seen["messages"] >= 130
@@ -384,8 +377,7 @@ def test_pairing_code_links_the_demo(start: Callable[..., Daemon], daemon_env: d
         daemon.wait_for("ready", 30)
         daemon.wait_for("login_checkpoint", 30)
         assert generations(database_url)[-1]["login_state"] == "ready"
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit(30) == 0
+        daemon.stop_cleanly()
 
 
 def test_a_restored_service_worker_says_plain_chrome(start: Callable[..., Daemon],
@@ -394,11 +386,8 @@ def test_a_restored_service_worker_says_plain_chrome(start: Callable[..., Daemon
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     with ThreadedDemoSite(demo_port, message_rate=0) as site:
         first = start()
-        payload = first.wait_for("qr_required", 60)["qr_payload"]
-        assert site.call(lambda s: s.link(payload))
-        first.wait_for("login_checkpoint", 30)
-        first.signal(signal.SIGTERM)
-        assert first.wait_exit(30) == 0
+        link_through(first, site)
+        first.stop_cleanly()
         shutil.rmtree(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
 
         second = start(SESSIONKEEPER_CDP="true", SESSIONKEEPER_HTTP_TOKEN=TOKEN)
@@ -418,5 +407,4 @@ def test_a_restored_service_worker_says_plain_chrome(start: Callable[..., Daemon
         seen = json.dumps([worker, own, site.call(lambda s: list(s.user_agents))])
         assert "Headless" not in seen and "Chrome/" in worker["userAgent"]
         assert worker["header"] == worker["userAgent"] == own[0]
-        second.signal(signal.SIGTERM)
-        assert second.wait_exit(30) == 0
+        second.stop_cleanly()

@@ -143,6 +143,12 @@ class Daemon:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def stop_cleanly(self, timeout: float = 30) -> None:
+        """SIGTERM, and the clean exit (code 0) that must follow."""
+        self.signal(signal.SIGTERM)
+        code = self.wait_exit(timeout)
+        assert code == 0, f"exit code {code}:\n{self.log_text()}"
+
     def wait_exit(self, timeout: float = 40) -> int:
         code = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
