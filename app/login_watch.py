@@ -27,6 +27,9 @@ from app.targets.whatsapp import PAIRING_REFRESH_S
 
 # At most this often: the same action in the same state (a refresh, a takeover).
 ACTION_EVERY_S = 10.0
+# A page that has just been opened or followed loads before it tells anything: a ready
+# session stays ready through that much connecting (the checkpoint's relaunch, a client's tab).
+PAGE_GRACE_S = 30.0
 
 
 class WatchedSession(Protocol):
@@ -77,6 +80,7 @@ class LoginWatch:
         self._probe_noted = False
         self._acted: dict[str, float] = {}
         self._pairing_at: float | None = None
+        self._grace_until = 0.0
         # Called with the payload of the first QR code of a login (the demo's simulated phone).
         self.on_first_qr: Callable[[str], object] | None = None
 
@@ -132,6 +136,12 @@ class LoginWatch:
         self.set_degraded("connecting", False)
         self.state = state
 
+    def page_changed(self) -> None:
+        """The driver reads another page now (its own, relaunched or reopened, or a client's):
+        a ready session is not `connecting` while that page loads."""
+        if self._state is LoginState.READY:
+            self._grace_until = time.monotonic() + PAGE_GRACE_S
+
     def restored_generation(self, generation: int | None, label: str | None,
                             has_login_snapshot: bool) -> None:
         """A generation (labelled `label`) went into the profile; None: it started empty."""
@@ -156,6 +166,9 @@ class LoginWatch:
                                           f"{self.settings.unknown_after:.0f} s")
             return
         self._unrecognised_since = None
+        if state is LoginState.CONNECTING and now < self._grace_until:
+            return  # the page just changed and is loading: still ready until it tells
+        self._grace_until = 0.0
         seen_logout: str | None = "logout" if seen.logout else None
         if (state is LoginState.QR_REQUIRED and self._first_after_restore
                 and self.restored is not None):

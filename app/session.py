@@ -181,6 +181,10 @@ class SessionRunner:
         """What held the profile went away: the login state is unknown until it is back."""
         self.watch.reset()
 
+    def page_changed(self) -> None:
+        """The driver reads another page now; it loads before it tells anything."""
+        self.watch.page_changed()
+
     # ------------------------------------------------------------------ boot
 
     async def boot(self, stack: AsyncExitStack) -> None:

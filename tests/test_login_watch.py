@@ -176,3 +176,20 @@ async def test_a_changed_probe_is_noted_once() -> None:
     assert watch.state is LoginState.QR_REQUIRED
     noted = lines.events("target_probe_changed")
     assert len(noted) == 1 and noted[0]["fallback"] == "dom"
+
+
+@pytest.mark.anyio
+async def test_a_ready_session_stays_ready_while_a_new_page_loads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.login_watch as login_watch
+
+    monkeypatch.setattr(login_watch, "PAGE_GRACE_S", 0.05)
+    watch, _, lines = make()
+    await watch.observe(wa("CONNECTED"))
+    watch.page_changed()  # a client's tab followed, or our page relaunched
+    await watch.observe(wa("OPENING"))
+    assert watch.state is LoginState.READY
+    await asyncio.sleep(0.1)
+    await watch.observe(wa("OPENING"))  # still loading after the grace: it says so
+    assert watch.state is LoginState.CONNECTING
+    assert [f["state"] for f in lines.events("state_changed")] == ["ready", "connecting"]

@@ -26,6 +26,9 @@ class SessionHost(Protocol):
     def reset_login(self) -> None:
         """What holds the profile went away: the login state is unknown again."""
 
+    def page_changed(self) -> None:
+        """The login is read through another page now (it loads before it tells)."""
+
     def since_start_ms(self) -> int:
         """Milliseconds since the process started."""
         ...

@@ -81,6 +81,7 @@ class ChromiumDriver:
             moved = await self.browser.follow_pages()
             if moved is not None:
                 host.log.info(moved, url=self.browser.page.url if self.browser.page else None)
+                host.page_changed()
             # Unrecognised readings count too: a screen nothing knows becomes `unknown`.
             await host.on_observation(await self.browser.observe())
             await anyio.sleep(OBSERVE_EVERY if host.state in KNOWN else OBSERVE_FIRST)
@@ -95,6 +96,7 @@ class ChromiumDriver:
 
     async def resume(self, host: SessionHost) -> None:
         """Launch again after a checkpoint; attached DevTools clients must reconnect."""
+        host.page_changed()
         await self.browser.start()
         host.log.info("browser_restarted", reason="checkpoint",
                       cdp=self.browser.devtools is not None)
