@@ -188,3 +188,20 @@ def test_exec_usage_errors(cli_env: dict[str, str], tmp_path: Path) -> None:
 def test_exit_code_of() -> None:
     assert exit_code_of(0) == 0 and exit_code_of(7) == 7
     assert exit_code_of(-signal.SIGTERM) == 143 and exit_code_of(-signal.SIGKILL) == 137
+
+
+def test_exec_a_login_key_that_goes_is_a_logout(exec_child: Callable[..., Daemon],
+                                                daemon_env: dict[str, str],
+                                                database_url: str) -> None:
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    # After the key reached the disk (about 5 s) and a peek (every 5 s) saw it.
+    daemon = exec_child(CHILD_LOGOUT_AFTER="14")
+    daemon.wait_for("exec_child_state", 60, state="qr")
+    assert link_demo(demo_port)["linked"]
+    checkpoint = daemon.wait_for("login_checkpoint", 30)
+    daemon.wait_for("exec_child_logged_out", 30)
+    out = daemon.wait_for("logged_out", 30)
+    assert out["reason"] == "logout" and checkpoint["generation"] in out["generations_marked"]
+    assert {g["login_state"] for g in generations(database_url)} == {"logged_out"}
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0

@@ -5,7 +5,8 @@ through us, rather than twice. A stop signal is passed on to the child alone (it
 own browser); whatever is left of its group once it has exited (a Chromium it did not close)
 gets SIGTERM, then SIGKILL after a bounded wait, so nothing writes into the profile while the
 final snapshot is taken. No page can be read: the login state comes from the target's login
-key in a staged copy of the profile's localStorage, peeked at every few seconds.
+key in a staged copy of the profile's localStorage, peeked at every few seconds; a key that
+was there and is gone is a logout.
 """
 
 from __future__ import annotations
@@ -106,11 +107,20 @@ class ChildDriver:
             await host.on_observation(Observation(LoginState.READY))
             return
         work = work_dir_for(self.profile)
+        logged_in = False
         while True:
             label = await anyio.to_thread.run_sync(self.login_key.peek, self.profile, work)
-            if label is not None:
-                await host.on_observation(Observation(
-                    LoginState.READY if label == "ready" else LoginState.QR_REQUIRED))
+            if label == "ready":
+                logged_in = True
+                # The key is written once the login is complete: no settle delay needed.
+                await host.on_observation(Observation(LoginState.READY, synced=True))
+            elif label == "qr":
+                # The key was there and is gone: the site cleared it at a logout (WhatsApp does
+                # when the phone unlinks the device, or the bot logs out).
+                await host.on_observation(
+                    Observation(LoginState.LOGGED_OUT, logout=True) if logged_in
+                    else Observation(LoginState.QR_REQUIRED))
+                logged_in = False
             await anyio.sleep(PEEK_EVERY)
 
     async def act(self, action: str, arg: str | None = None) -> str | None:

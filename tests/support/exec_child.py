@@ -7,7 +7,8 @@ browser (Chromium writes what it holds) and exits with $CHILD_EXIT_CODE (default
 
 Misbehaviours, for the tests: CHILD_IGNORE_STOP=1 ignores the stop signal; CHILD_CRASH_AFTER=S
 writes the marker S seconds after the page is ready, then ends with exit code 3, leaving its
-Chromium running; CHILD_KILL_SELF_ON_STOP=1 dies of SIGKILL on the stop signal.
+Chromium running; CHILD_KILL_SELF_ON_STOP=1 dies of SIGKILL on the stop signal; CHILD_LOGOUT_AFTER=S
+removes the login key from localStorage S seconds after the page is ready, as a logout does.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ async def main() -> int:
         shown = None
         ready_at: float | None = None
         crash_after = os.environ.get("CHILD_CRASH_AFTER")
+        logout_after = os.environ.get("CHILD_LOGOUT_AFTER")
         while not stop.is_set():
             state = await page.evaluate("document.body.dataset.state")
             if state != shown:
@@ -83,6 +85,20 @@ async def main() -> int:
                         "localStorage.getItem('exec-marker')"))
                 if state == "ready":
                     ready_at = time.monotonic()
+            if logout_after and ready_at and time.monotonic() - ready_at > float(logout_after):
+                # What a site does at a logout: its login key goes from localStorage. Then
+                # the bot starts its client over, as whatsapp-web.js bots do after a logout
+                # (closing the browser writes localStorage out at once).
+                await page.evaluate("localStorage.removeItem('demo-token')")
+                await context.close()
+                context = await p.chromium.launch_persistent_context(
+                    profile, executable_path=str(find_chromium()), headless=True,
+                    args=CHROMIUM_ARGS)
+                page = context.pages[0] if context.pages else await context.new_page()
+                await page.goto(url)
+                say("exec_child_logged_out")
+                ready_at = None
+                logout_after = None
             if crash_after and ready_at and time.monotonic() - ready_at > float(crash_after):
                 await page.evaluate(WRITE_MARKER, marker)  # IndexedDB writes reach the disk
                 say("exec_child_crashing", marker=marker)
