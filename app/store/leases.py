@@ -8,6 +8,7 @@ another has taken meanwhile. Times are `now()` in PostgreSQL, never the containe
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 
@@ -17,13 +18,19 @@ from app.store.repo import Conn
 FENCED_SQLSTATE = "SK001"
 
 
+# Host names repeat and, under tini, every container's daemon has the same pid: a random part
+# keeps two processes apart (a lease is fenced by owner and token).
+_PROCESS_PART = secrets.token_hex(3)
+
+
 def owner_id() -> str:
-    """This process's owner id: the platform's replica id, else host name and pid."""
+    """This process's owner id: the platform's replica id (else the host name), the pid and a
+    random part drawn once per process."""
     for var in ("RAILWAY_REPLICA_ID", "RENDER_INSTANCE_ID"):
         value = os.environ.get(var)
         if value:
-            return f"{value}-{os.getpid()}"
-    return f"{socket.gethostname()}-{os.getpid()}"
+            return f"{value}-{os.getpid()}-{_PROCESS_PART}"
+    return f"{socket.gethostname()}-{os.getpid()}-{_PROCESS_PART}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,12 @@ class _TreeWriter:
             view = view[os.write(self.fd, view):]
         self.written += len(blob)
 
+    def abort(self) -> None:
+        """Close the open file, if any (a failed restore must not leak it)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
     def finish(self) -> None:
         """Create the remaining (empty) files and close the last one."""
         if self.files:
@@ -160,14 +166,18 @@ async def materialize(
             async for window, stored in receive:
                 progress.advance(await anyio.to_thread.run_sync(decode_and_write, window, stored))
 
-    async with task_group() as tg:
-        tg.start_soon(write_batches)
-        async with send:
-            for start in range(0, len(refs), BATCH_CHUNKS):
-                window = refs[start : start + BATCH_CHUNKS]
-                await send.send((window, await repo.fetch_chunks(conn, session_id,
-                                                                 [d for _, d in window])))
-    await anyio.to_thread.run_sync(writer.finish)
+    try:
+        async with task_group() as tg:
+            tg.start_soon(write_batches)
+            async with send:
+                for start in range(0, len(refs), BATCH_CHUNKS):
+                    window = refs[start : start + BATCH_CHUNKS]
+                    await send.send((window, await repo.fetch_chunks(conn, session_id,
+                                                                     [d for _, d in window])))
+        await anyio.to_thread.run_sync(writer.finish)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -267,7 +277,14 @@ async def restore_profile(
             try:
                 manifest = (await load_manifest(conn, session_id, gen)).manifest
                 await materialize(conn, session_id, manifest, fresh, progress)
-            except (CorruptSnapshot, OSError) as exc:
+            except OSError as exc:
+                # A local fault (a full disk, too many open files) says nothing about the
+                # generation: falling back would restore an older one over newer data.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
+                raise UserError(f"cannot write the profile beside {profile}: "
+                                f"{exc.strerror or exc}; nothing was replaced") from None
+            except CorruptSnapshot as exc:
                 await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
                 log.error("restore_generation_corrupt", generation=gen, reason=str(exc))
                 skipped.append({"generation": gen, "reason": str(exc)})

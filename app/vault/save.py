@@ -193,9 +193,12 @@ async def save_snapshot(
                  duration_ms=same.duration_ms, by="stat")
         return same
     await anyio.to_thread.run_sync(clear_stale_staging, work)
-    tree: StagedTree = await anyio.to_thread.run_sync(
-        capture, profile, work, options.rules, options.capture_attempts
-    )
+    # Shielded: a capture cancelled in its worker thread would leave a staging folder nobody
+    # knows of (its hard links keep deleted LevelDB tables on the disk).
+    with anyio.CancelScope(shield=True):
+        tree: StagedTree = await anyio.to_thread.run_sync(
+            capture, profile, work, options.rules, options.capture_attempts
+        )
     for note in tree.notes:
         fields = dict(note)
         log.warning(str(fields.pop("event")), **fields)
@@ -207,7 +210,8 @@ async def save_snapshot(
         result = await _save_tree(pool, session_id, tree, cache, options, kind, label,
                                   progress, started, lease_token)
     finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
+        with anyio.CancelScope(shield=True):  # a cancelled snapshot still cleans up
+            await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
     await anyio.to_thread.run_sync(cache.save, cache_path)
     if result.changed:
         # raw_bytes: the name the status docs use; bytes_raw stays for readers of older lines.
@@ -312,6 +316,7 @@ async def _save_tree(
                                                 digests, sizes)
                 await uploader.finish()
             manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
+            cache.keep_only({f.path for f in tree.files})  # compaction deletes tables
             for f in tree.files:
                 entry = entries[f.path]
                 if entry.size == f.live.size:  # else it grew while being staged

@@ -77,6 +77,12 @@ class StatCache:
         else:
             self.entries.pop(rel, None)
 
+    def keep_only(self, paths: set[str]) -> None:
+        """Forget files that are no longer there (LevelDB deletes compacted tables): the cache
+        would otherwise grow with every compaction."""
+        for rel in [r for r in self.entries if r not in paths]:
+            del self.entries[rel]
+
     def save(self, path: Path) -> None:
         """Write atomically (a crash leaves the old cache or the new one)."""
         doc = {

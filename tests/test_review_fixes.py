@@ -1,0 +1,98 @@
+"""Data-loss paths a review found (issue 12), each reproduced before its fix.
+
+Real PostgreSQL and real profile-shaped trees. Where a local fault is needed (a full disk) it is
+injected by making the one system call fail, named as such.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+import app.vault.restore as restore_mod
+from app.errors import UserError
+from app.snapshot.staging import STAGING_PREFIX, work_dir_for
+from app.vault.options import VaultOptions
+from app.vault.restore import restore_profile
+from app.vault.save import save_snapshot
+from app.vault.statcache import StatCache
+from tests.support.daemon import ROOT
+from tests.support.profile_tree import BLOBS, ProfileTree, tree_files
+
+pytestmark = pytest.mark.anyio
+
+
+def test_owner_ids_differ_between_containers_with_the_same_host_and_pid() -> None:
+    """Under tini every container's daemon is pid 7 or so, and hostnames repeat: the owner
+    id must still tell two processes apart (a lease is fenced by it)."""
+    script = ("import os, socket; os.getpid = lambda: 7; socket.gethostname = lambda: 'box';"
+              "from app.store.leases import owner_id; print(owner_id())")
+    ids = {subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, check=True, timeout=60).stdout.strip() for _ in range(2)}
+    assert len(ids) == 2 and all(i.startswith("box-7-") for i in ids)
+
+
+async def test_the_stat_cache_forgets_files_that_are_gone(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions) -> None:
+    for path in profile.root.rglob("*"):  # old enough to be cached ("racily clean" aside)
+        if not path.is_symlink():
+            os.utime(path, (path.stat().st_atime - 60, path.stat().st_mtime - 60))
+    await save_snapshot(pool, "s", profile.root, options)
+    cache_path = StatCache.path_for(work_dir_for(profile.root), "s")
+    blobs = sorted(p for p in (profile.root / BLOBS).rglob("*") if p.is_file())
+    gone = str(blobs[0].relative_to(profile.root))
+    assert gone in StatCache.load(cache_path, "s").entries
+    blobs[0].unlink()  # IndexedDB deletes a blob file with its record
+    await save_snapshot(pool, "s", profile.root, options)
+    assert gone not in StatCache.load(cache_path, "s").entries
+
+
+async def test_a_cancelled_snapshot_leaves_no_staging_behind(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions) -> None:
+    work = work_dir_for(profile.root)
+    for delay in (0.001, 0.005, 0.02, 0.05, 0.1):
+        profile.add_messages(50)
+        with anyio.move_on_after(delay):
+            await save_snapshot(pool, "s", profile.root, options)
+        left = [p.name for p in work.iterdir() if p.name.startswith(STAGING_PREFIX)] \
+            if work.exists() else []
+        # Hard links in a leaked staging folder keep deleted LevelDB tables on the disk.
+        assert left == [], f"cancelled after {delay}s: {left}"
+
+
+async def test_a_full_disk_during_restore_is_an_error_not_a_corrupt_generation(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    await save_snapshot(pool, "s", profile.root, options)
+    profile.add_messages(30)
+    await save_snapshot(pool, "s", profile.root, options)
+    target = tmp_path / "restored"
+    await restore_profile(pool, "s", target, generation=1)
+    before = tree_files(target)
+
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:  # fault injection: ENOSPC from write(2)
+        if len(data) > 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(restore_mod.os, "write", full_disk)
+    with pytest.raises(UserError, match="No space left on device"):
+        await restore_profile(pool, "s", target)
+    monkeypatch.setattr(restore_mod.os, "write", real_write)
+    # Not a corrupt generation: nothing fell back to generation 1 over the profile, which
+    # is as it was; no half-written tree is left beside it.
+    assert tree_files(target) == before
+    assert not [p for p in target.parent.iterdir() if ".restore-" in p.name]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM snapshots WHERE session_id = 's'") == 2
+    shutil.rmtree(target)
