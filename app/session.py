@@ -433,7 +433,10 @@ class SessionRunner:
         with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
             held = self.pool is not None and self.lease_token is not None
             if held:
-                await self._lease_call(leases.mark_handover)
+                # The lease must outlast the shutdown: a final snapshot within the timeout
+                # always lands; the next owner still waits for the release.
+                await self._lease_call(leases.mark_handover,
+                                       self.settings.shutdown_timeout + self.settings.lease_ttl)
             stopping = time.monotonic()
             await self.driver.stop(signal_name, self.driver_stop_budget())
             stopped_ms = int((time.monotonic() - stopping) * 1000)
@@ -462,12 +465,12 @@ class SessionRunner:
         except DB_ERRORS:
             return True  # unknown: keep going; renewal decides about the lease
 
-    async def _lease_call(self, call: Callable[..., Any]) -> Any:
+    async def _lease_call(self, call: Callable[..., Any], *args: Any) -> Any:
         """A lease operation of ours, best effort (the database may be away at shutdown)."""
         assert self.pool is not None and self.lease_token is not None
         try:
             async with self.pool.acquire() as conn:
-                return await call(conn, self.session_id, self.owner, self.lease_token)
+                return await call(conn, self.session_id, self.owner, self.lease_token, *args)
         except DB_ERRORS as exc:
             self.log.warning("lease_call_failed", call=call.__name__, reason=str(exc)[:300])
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,40 @@ async def test_a_full_disk_during_restore_is_an_error_not_a_corrupt_generation(
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM snapshots WHERE session_id = 's'") == 2
     shutil.rmtree(target)
+
+
+def test_the_final_snapshot_lands_when_shutdown_outlasts_the_lease(
+        daemon_env: dict[str, str], tmp_path: Path) -> None:
+    """A bot that takes longer to stop than the lease lasts: the renewal has stopped, the
+    lease runs out, the waiting process takes it, and the final commit would be refused as
+    stale. The lease is extended over the shutdown instead; the next owner waits for the
+    release and restores the final generation."""
+    from tests.support.daemon import Daemon
+    from tests.support.vault_db import generations
+
+    child = str(ROOT / "tests" / "support" / "exec_child.py")
+    env = {**daemon_env, "SESSIONKEEPER_LEASE_TTL": "2", "SESSIONKEEPER_SHUTDOWN_TIMEOUT": "15",
+           "SESSIONKEEPER_DEMO_MESSAGE_RATE": "0"}
+    first = Daemon({**env, "CHILD_STOP_DELAY": "5", "CHILD_MARKER": "777"},
+                   "exec", "--", sys.executable, child)
+    second = None
+    try:
+        first.wait_for("exec_child_state", 60, state="qr")
+        second = Daemon({**env, "SESSIONKEEPER_PROFILE_DIR": str(tmp_path / "second")},
+                        "exec", "--", sys.executable, child)
+        second.wait_for("waiting_for_lease", 30)
+        first.signal(signal.SIGTERM)
+        assert first.wait_exit(30) == 0
+        assert "final_snapshot_failed" not in first.names(), first.log_text()
+        done = first.wait_for("shutdown_completed")
+        assert done["changed"] and done["generation"] is not None
+        restored = second.wait_for("session_restored", 30)
+        assert restored["generation"] == done["generation"]
+        assert generations(env["DATABASE_URL"])[-1]["generation"] == done["generation"]
+        second.wait_for("exec_child_state", 60, state="qr")  # its child handles signals now
+        second.signal(signal.SIGTERM)
+        assert second.wait_exit(30) == 0
+    finally:
+        first.kill_all()
+        if second is not None:
+            second.kill_all()

@@ -68,12 +68,17 @@ async def renew(conn: Conn, session_id: str, owner: str, token: int, ttl_s: floa
     return renewed is not None
 
 
-async def mark_handover(conn: Conn, session_id: str, owner: str, token: int) -> None:
-    """Note the start of a hand-over (the owner got SIGTERM), for timing it."""
+async def mark_handover(conn: Conn, session_id: str, owner: str, token: int,
+                        hold_s: float = 0.0) -> None:
+    """Note the start of a hand-over (the owner got SIGTERM), for timing it, and hold the
+    lease for hold_s seconds more: renewal has stopped, and a lease that ran out during the
+    shutdown would let the next owner in and refuse the final snapshot as stale."""
     await conn.execute(
-        "UPDATE sessions SET handover_started_at = now() "
-        "WHERE id = $1 AND owner = $2 AND lease_token = $3",
-        session_id, owner, token,
+        """UPDATE sessions SET handover_started_at = now(),
+                  lease_expires_at = greatest(lease_expires_at,
+                                              now() + make_interval(secs => $4))
+            WHERE id = $1 AND owner = $2 AND lease_token = $3""",
+        session_id, owner, token, hold_s,
     )
 
 

@@ -8,7 +8,8 @@ browser (Chromium writes what it holds) and exits with $CHILD_EXIT_CODE (default
 Misbehaviours, for the tests: CHILD_IGNORE_STOP=1 ignores the stop signal; CHILD_CRASH_AFTER=S
 writes the marker S seconds after the page is ready, then ends with exit code 3, leaving its
 Chromium running; CHILD_KILL_SELF_ON_STOP=1 dies of SIGKILL on the stop signal; CHILD_LOGOUT_AFTER=S
-removes the login key from localStorage S seconds after the page is ready, as a logout does.
+removes the login key from localStorage S seconds after the page is ready, as a logout does;
+CHILD_STOP_DELAY=S takes S seconds to stop after the signal (a bot finishing its work).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ async def main() -> int:
                 await asyncio.wait_for(stop.wait(), 0.2)
         if os.environ.get("CHILD_KILL_SELF_ON_STOP") == "1":
             os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(float(os.environ.get("CHILD_STOP_DELAY", "0")))
         await page.evaluate(WRITE_MARKER, marker)
         say("exec_child_wrote", marker=marker)
         await context.close()
