@@ -277,7 +277,7 @@ def test_handover_to_a_waiting_process(start: Callable[..., Daemon],
     login(old, demo_port)
     new = start(PORT=str(free_port()))  # each container has its own network
     waiting = new.wait_for("waiting_for_lease", 60)
-    assert waiting["holder"] and waiting["holder"].endswith(f"-{old.proc.pid}")
+    assert waiting["holder"] and f"-{old.proc.pid}-" in waiting["holder"]
     assert "browser_started" not in new.names()
     code, body = new.readyz()
     assert code == 503 and body["state"] == "waiting_for_lease"
@@ -466,9 +466,9 @@ def test_claim_mode_three_replicas_six_sessions(start: Callable[..., Daemon],
     assert all(n <= 3 for n in per_replica.values())
 
     # Kill the replica with the most sessions: the others take them over.
-    victim = max(replicas, key=lambda r: sum(o is not None and o.endswith(f"-{r.proc.pid}")
+    victim = max(replicas, key=lambda r: sum(o is not None and f"-{r.proc.pid}-" in o
                                              for o in owners.values()))
-    orphans = {sid for sid, o in owners.items() if o and o.endswith(f"-{victim.proc.pid}")}
+    orphans = {sid for sid, o in owners.items() if o and f"-{victim.proc.pid}-" in o}
     victim.kill_all()
     killed = time.monotonic()
     survivors = [r for r in replicas if r is not victim]
@@ -485,7 +485,7 @@ def test_claim_mode_three_replicas_six_sessions(start: Callable[..., Daemon],
     print("unowned after the kill, s:", sorted(round(t, 2) for t in claim_times))
     owners = _owners(database_url)
     assert all(owners.values()), owners
-    assert not any(o.endswith(f"-{victim.proc.pid}") for o in owners.values() if o), owners
+    assert not any(f"-{victim.proc.pid}-" in o for o in owners.values() if o), owners
     # `sessions remove`: the owner takes a final snapshot and hands the session back.
     proc = subprocess.run([sys.executable, "-m", "app", "sessions", "remove", "s0"],
                           env={**daemon_env}, capture_output=True, text=True, check=False,
