@@ -48,9 +48,10 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.status import SessionFacts, SnapshotFacts
 from app.store import leases, repo
-from app.store.db import open_pool
+from app.store.db import bounded, open_pool
+from app.vault.local_marker import LocalMarker, profile_has_files
 from app.vault.options import VaultOptions
-from app.vault.restore import restore_profile
+from app.vault.restore import restore_order, restore_profile
 from app.vault.save import Label, LabelFn, SaveResult, save_snapshot
 from app.webhook import Webhook
 
@@ -61,6 +62,8 @@ DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUna
 # this much (at most 10 s) for the final snapshot.
 FINAL_SNAPSHOT_SHARE = 0.4
 FINAL_SNAPSHOT_MAX_S = 10.0
+# The longest a lost lease waits for the driver to stop (Chromium closing, a child's exit).
+ABANDON_TIMEOUT_S = 10.0
 
 
 def retrying(log: Any, event: str, max_wait: float = 60.0) -> AsyncRetrying:
@@ -98,6 +101,10 @@ class SessionRunner:
         self.generations_kept: int | None = None
         self._snapshot_lock = anyio.Lock()
         self.lease_token: int | None = None
+        # Monotonic time by which the driver stops unless a renewal gets through.
+        self.lease_deadline = 0.0
+        # The profile on disk was kept at the last restore (newer than the database).
+        self.local_kept = False
         self.other_holder: str | None = None  # who holds the lease while this one waits
         # Claim mode: the lease was claimed for this runner; when it is lost or the session is
         # removed, the runner ends instead of waiting (the claim loop decides what runs).
@@ -213,6 +220,7 @@ class SessionRunner:
                 async with anyio.create_task_group() as tg:
                     # Renew from the start: a slow restore must not let the lease run out.
                     tg.start_soon(self.keep_lease)
+                    tg.start_soon(self.lease_watchdog)
                     async for attempt in retrying(self.log, "database_unavailable"):
                         with attempt:
                             await self.restore()
@@ -241,7 +249,8 @@ class SessionRunner:
         while True:
             async for attempt in retrying(self.log, "database_unavailable"):
                 with attempt:
-                    async with self.pool.acquire() as conn:
+                    sent = time.monotonic()
+                    async with bounded(self.pool, self.lease_query_timeout) as conn:
                         token = await leases.try_acquire(conn, self.session_id, self.owner, ttl)
                         held = None if token else await leases.holder(conn, self.session_id)
             if token is not None:
@@ -255,49 +264,82 @@ class SessionRunner:
                               expires_in_s=round(held.expires_in_s or 0, 1))
             await anyio.sleep(min(0.5, ttl / 3))
         self.lease_token, self.other_holder = token, None
+        self.lease_deadline = sent + ttl - self.lease_margin
         self.log.info("lease_acquired", fencing_token=token, owner=self.owner,
                       waited_ms=int((time.monotonic() - waited) * 1000))
 
+    @property
+    def lease_margin(self) -> float:
+        """How long before the lease's end (counted from when a renewal was sent) the driver
+        stops: clocks drift, and the next owner may take the lease the moment it ends."""
+        return min(self.settings.lease_ttl / 10, 2.0)
+
+    @property
+    def lease_query_timeout(self) -> float:
+        """The longest a lease query may take (a third of the TTL: one renewal period)."""
+        return min(self.settings.lease_ttl / 3, self.settings.db_command_timeout)
+
     async def keep_lease(self) -> None:
-        """Renew every third of the TTL; LeaseLost when another owner took it, or when no
-        renewal succeeded for a whole TTL (a partition or a long pause)."""
+        """Renew every third of the TTL, each renewal bounded (a half-open connection must not
+        block it); LeaseLost when another owner took it. Each renewal that gets through moves
+        the deadline that lease_watchdog enforces."""
         assert self.pool is not None and self.lease_token is not None
         ttl = self.settings.lease_ttl
-        renewed = time.monotonic()
         while True:
             await anyio.sleep(ttl / 3)
+            sent = time.monotonic()
             try:
-                async with self.pool.acquire() as conn:
+                async with bounded(self.pool, self.lease_query_timeout) as conn:
                     ok = await leases.renew(conn, self.session_id, self.owner,
                                             self.lease_token, ttl)
             except DB_ERRORS as exc:
                 self.degraded = True
-                self.log.warning("lease_renewal_failed", reason=str(exc)[:300])
-                ok = None
-            if ok and self.claimed and not await self._still_registered():
-                raise SessionRemoved(self.session_id)
-            if ok:
-                renewed = time.monotonic()
-            elif ok is False:
+                self.log.warning("lease_renewal_failed", reason=str(exc)[:300] or
+                                 type(exc).__name__)
+                continue
+            if ok is False:
                 raise LeaseLost("another process took the lease")
-            elif time.monotonic() - renewed > ttl:
-                raise LeaseLost(f"no renewal for {ttl:.0f} s")
+            # The lease runs from when the renewal was sent, not from when its answer came.
+            self.lease_deadline = sent + ttl - self.lease_margin
+            self.degraded = False  # the database answers again (not only at the next snapshot)
+            if self.claimed and not await self._still_registered():
+                raise SessionRemoved(self.session_id)
+
+    async def lease_watchdog(self) -> None:
+        """An independent timer: at the lease's deadline with no renewal confirmed, stop the
+        driver at once (whatever the other tasks are stuck in) and raise LeaseLost. Two
+        Chromiums must never run one identity."""
+        while True:
+            left = self.lease_deadline - time.monotonic()
+            if left <= 0:
+                break
+            await anyio.sleep(left)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT_S):
+            await self.driver.abandon()
+        raise LeaseLost(f"no renewal confirmed within {self.settings.lease_ttl:.0f} s")
 
     async def restore(self) -> None:
-        """The newest good generation into the profile directory; an empty profile if none."""
-        assert self.pool is not None
+        """The newest good generation into the profile directory, unless the profile on disk
+        is at least as new (see LocalMarker); an empty profile if there is none."""
+        assert self.pool is not None and self.lease_token is not None
+        self.local_kept = False
         restored: tuple[int | None, str | None] = (None, None)
-        try:
-            result = await restore_profile(self.pool, self.session_id, self.profile)
-            self.log.info("session_restored", generation=result.generation, files=result.files,
-                          bytes=result.bytes_raw, duration_ms=result.duration_ms,
-                          login_state=result.login_state)
-            self.metrics.restored(self.session_id, result.duration_ms)
-            restored = (result.generation, result.login_state)
-        except NotFound as exc:
-            self.log.info("session_new", note=f"{exc}: starting with the profile as it is")
-        except CorruptSnapshot as exc:
-            self.log.error("restore_failed", reason=str(exc))
+        kept = await self._keep_local()
+        if kept is not None:
+            restored = kept
+        else:
+            try:
+                result = await restore_profile(self.pool, self.session_id, self.profile)
+                self.log.info("session_restored", generation=result.generation,
+                              files=result.files, bytes=result.bytes_raw,
+                              duration_ms=result.duration_ms, login_state=result.login_state)
+                self.metrics.restored(self.session_id, result.duration_ms)
+                restored = (result.generation, result.login_state)
+                self._mark_local(result.generation, result.login_state)
+            except NotFound as exc:
+                self.log.info("session_new", note=f"{exc}: starting with the profile as it is")
+            except CorruptSnapshot as exc:
+                self.log.error("restore_failed", reason=str(exc))
         async with self.pool.acquire() as conn:
             has_login = await repo.has_logged_in_generation(conn, self.session_id)
             await self._read_snapshot_facts(conn)
@@ -305,6 +347,35 @@ class SessionRunner:
         removed = remove_singletons(self.profile)
         if removed:
             self.log.info("singleton_files_removed", files=removed)
+
+    async def _keep_local(self) -> tuple[int, str | None] | None:
+        """Keep the profile on disk when its marker shows it at least as new as what a
+        restore would bring (a restart in place, the lease taken back after a partition);
+        it is snapshotted as soon as its state is known. Returns (generation, label)."""
+        assert self.pool is not None and self.lease_token is not None
+        marker = LocalMarker.read(self.profile, self.session_id)
+        if marker is None or not profile_has_files(self.profile):
+            return None
+        async with self.pool.acquire() as conn:
+            generations = await repo.list_generations(conn, self.session_id)
+        order = restore_order(generations)
+        if not marker.keeps(generations, order[0] if order else None, self.lease_token):
+            return None
+        label = next(g.login_state for g in generations if g.generation == marker.generation)
+        self._mark_local(marker.generation, label)
+        self.local_kept = True
+        self.log.info("local_profile_kept", generation=marker.generation,
+                      written_under=marker.token, fencing_token=self.lease_token,
+                      login_state=label)
+        return marker.generation, label
+
+    def _mark_local(self, generation: int, label: str | None) -> None:
+        """Note what the profile on disk holds now, under this lease (best effort: without
+        a marker the next boot restores from the database, which is safe)."""
+        try:
+            LocalMarker(self.session_id, generation, self.lease_token, label).write(self.profile)
+        except OSError as exc:
+            self.log.warning("local_marker_failed", reason=str(exc)[:300])
 
     # ------------------------------------------------------------------ run
 
@@ -360,9 +431,17 @@ class SessionRunner:
 
     async def snapshot_loop(self) -> None:
         """Every SESSIONKEEPER_SNAPSHOT_INTERVAL seconds, a live snapshot (retried while the
-        database is away; the profile keeps everything until then)."""
+        database is away; the profile keeps everything until then). A kept local profile,
+        newer than the database, is snapshotted as soon as its login state is known."""
+        soon = self.local_kept
         while True:
-            await anyio.sleep(self.settings.snapshot_interval)
+            if soon:
+                with anyio.move_on_after(self.settings.snapshot_interval):
+                    while self.driver.reads_page and self.watch.label() is None:  # noqa: ASYNC110
+                        await anyio.sleep(0.5)
+                soon = False
+            else:
+                await anyio.sleep(self.settings.snapshot_interval)
             try:
                 async for attempt in retrying(self.log, "snapshot_failed"):
                     with attempt:
@@ -399,9 +478,14 @@ class SessionRunner:
             self.degraded = False
             if result.skipped is not None:
                 self.log.info("snapshot_skipped", kind=kind, reason=result.skipped)
+                # A QR page held back: the profile on disk no longer holds the logged-in
+                # generation its marker names; a restart restores that one.
+                LocalMarker.clear(self.profile, self.session_id)
                 return None
             if result.login_state != "qr":
                 self.watch.has_login_snapshot = True
+            if result.generation is not None:
+                self._mark_local(result.generation, result.login_state)
             self.metrics.snapshot_committed(result)
             if result.changed:
                 try:
@@ -460,7 +544,7 @@ class SessionRunner:
     async def _still_registered(self) -> bool:
         assert self.pool is not None
         try:
-            async with self.pool.acquire() as conn:
+            async with bounded(self.pool, self.lease_query_timeout) as conn:
                 return await leases.is_registered(conn, self.session_id)
         except DB_ERRORS:
             return True  # unknown: keep going; renewal decides about the lease

@@ -45,6 +45,7 @@ ACCEPTS: dict[str, str] = {
     "capture_attempts": "an integer from 1 to 20",
     "data_dir": "a directory path",
     "db_connect_timeout": "a number of seconds > 0",
+    "db_command_timeout": "a number of seconds > 0",
     "target": "'whatsapp', 'demo' or 'custom'",
     "target_url": "an http:// or https:// URL",
     "qr_selector": "a CSS selector",
@@ -139,6 +140,11 @@ class Settings(BaseSettings):
     )
     db_connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to wait for the database at connect.",
+    )
+    db_command_timeout: float = Field(
+        default=120.0, gt=0,
+        description="Longest a single query may take (client timeout and the server's "
+        "statement_timeout): a half-open connection never blocks for longer.",
     )
 
     target: Literal["whatsapp", "demo", "custom"] = Field(

@@ -18,6 +18,10 @@ OBSERVE_EVERY = 0.5
 OBSERVE_FIRST = 0.1
 # A browser that ran this long before it crashed had a new incident: back off from 1 s again.
 STABLE_S = 300.0
+# A reading of the page that takes longer than this means the renderer hangs.
+OBSERVE_TIMEOUT_S = 20.0
+# The longest a close of a crashed or hung Chromium is waited for before relaunching.
+CLOSE_TIMEOUT_S = 10.0
 
 
 class ChromiumDriver:
@@ -48,11 +52,12 @@ class ChromiumDriver:
     async def run(self, host: SessionHost) -> int | None:
         """Run Chromium and watch the login; relaunch with backoff when it crashes."""
         delay = 1.0
+        crashed = False
         while True:
             launched = time.monotonic()
             try:
                 await self.browser.start()
-                if self.ran:
+                if crashed:
                     host.log.info("browser_restarted", reason="crash",
                                   cdp=self.browser.devtools is not None)
                 self.ran = True
@@ -69,7 +74,9 @@ class ChromiumDriver:
                     delay = 1.0
                 host.log.error("browser_crashed", reason=str(exc).splitlines()[0][:300],
                                retry_in_s=delay)
-            await self.browser.close()
+                crashed = True
+            with anyio.move_on_after(CLOSE_TIMEOUT_S):  # a hung Chromium may not answer
+                await self.browser.close()
             host.reset_login()
             await anyio.sleep(delay)
             delay = min(delay * 2, 60.0)
@@ -82,8 +89,15 @@ class ChromiumDriver:
             if moved is not None:
                 host.log.info(moved, url=self.browser.page.url if self.browser.page else None)
                 host.page_changed()
+            # A renderer that hangs answers nothing: that is a crash, not a wait.
+            try:
+                with anyio.fail_after(OBSERVE_TIMEOUT_S):
+                    seen = await self.browser.observe()
+            except TimeoutError:
+                raise BrowserCrashed(f"the page did not answer within {OBSERVE_TIMEOUT_S:.0f} s "
+                                     "(a hung renderer)") from None
             # Unrecognised readings count too: a screen nothing knows becomes `unknown`.
-            await host.on_observation(await self.browser.observe())
+            await host.on_observation(seen)
             await anyio.sleep(OBSERVE_EVERY if host.state in KNOWN else OBSERVE_FIRST)
 
     async def act(self, action: str, arg: str | None = None) -> str | None:

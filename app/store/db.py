@@ -71,6 +71,25 @@ async def connect(url: str, connect_timeout: float = 10.0) -> asyncpg.Connection
 
 
 @asynccontextmanager
+async def bounded(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[Any]:
+    """A pooled connection for short queries that must finish within `seconds`, from acquiring
+    to releasing (TimeoutError otherwise). A connection that overran is terminated rather
+    than reset: on a half-open socket a reset (or asyncpg's cancel request) would hang too."""
+    with anyio.fail_after(seconds):
+        conn = await pool.acquire(timeout=seconds)
+    try:
+        with anyio.fail_after(seconds):
+            yield conn
+    except BaseException:
+        conn.terminate()  # back to the pool at once, as a closed connection
+        raise
+    with anyio.move_on_after(seconds, shield=True) as scope:
+        await pool.release(conn, timeout=seconds)
+    if scope.cancelled_caught:
+        conn.terminate()
+
+
+@asynccontextmanager
 async def open_pool(
     settings: Settings, *, min_size: int = 1, max_size: int = 4, migrate: bool = True,
 ) -> AsyncIterator[asyncpg.Pool]:
@@ -85,8 +104,13 @@ async def open_pool(
             await run_migrations(conn)
     finally:
         await conn.close()
-    pool_kwargs: dict[str, Any] = {"min_size": min_size, "max_size": max_size,
-                                   "timeout": settings.db_connect_timeout}
+    # No query waits forever on a half-open connection: the client gives up after the
+    # command timeout, and the server ends a statement that runs longer.
+    pool_kwargs: dict[str, Any] = {
+        "min_size": min_size, "max_size": max_size, "timeout": settings.db_connect_timeout,
+        "command_timeout": settings.db_command_timeout,
+        "server_settings": {"statement_timeout": str(int(settings.db_command_timeout * 1000))},
+    }
     try:
         pool = await asyncpg.create_pool(url, **pool_kwargs)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:

@@ -32,6 +32,7 @@ from app.snapshot.staging import work_dir_for
 from app.store import repo
 from app.store.repo import Conn
 from app.tasks import task_group
+from app.vault.local_marker import LocalMarker
 from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS
 from app.vault.statcache import StatCache
@@ -291,6 +292,8 @@ async def restore_profile(
                 if generation is not None:
                     raise CorruptSnapshot(f"generation {gen} cannot be restored: {exc}") from None
                 continue
+            # Whatever the marker said of the profile on disk holds no more.
+            LocalMarker.clear(profile, session_id)
             await anyio.to_thread.run_sync(swap_into_place, fresh, profile)
             await anyio.to_thread.run_sync(_seed_cache, profile, session_id, gen, manifest)
             result = RestoreResult(session_id, gen, len(manifest.files), manifest.bytes_raw,
