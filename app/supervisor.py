@@ -10,13 +10,16 @@ restore -> drive -> snapshot -> shutdown):
   CMD's exit code once the final snapshot is taken. PORT is left to CMD.
 
 The first SIGTERM or SIGINT stops the drivers (Chromium closes and writes what it holds; a child
-gets the signal), takes the final snapshots, releases the leases; a second signal ends the
-process at once (and a child's whole process group with it).
+gets the signal), takes the final snapshots, releases the leases. A repeat of the same signal
+within REPEAT_WINDOW_S of the first is the same stop request (a group kill and a wrapper that
+forwards it deliver two copies milliseconds apart) and is ignored; a later one, or the other
+signal, ends the process at once (and a child's whole process group with it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import signal
@@ -109,26 +112,56 @@ async def _start_webhook(settings: Settings, stack: AsyncExitStack) -> Webhook |
     return webhook
 
 
-def _install_signals(on_signal: Callable[[str], None],
-                     on_second: Callable[[], None] | None = None) -> None:
-    """First SIGTERM/SIGINT starts the shutdown; the handlers go, so a second one kills
-    (after on_second, which takes a child's process group down too)."""
-    loop = asyncio.get_running_loop()
+# A repeat of the first stop signal within this many seconds is the same request: copies from
+# a group kill, a wrapper forwarding its own, a supervisor sending SIGTERM to every process.
+REPEAT_WINDOW_S = 2.0
 
-    def second(signum: int, _frame: Any) -> None:
+
+def _install_signals(on_signal: Callable[[str], None], log: Any,
+                     on_second: Callable[[], None] | None = None) -> None:
+    """First SIGTERM/SIGINT starts the shutdown. The same signal again within REPEAT_WINDOW_S
+    is ignored (logged once at debug); a later one, or the other signal, kills (after
+    on_second, which takes a child's process group down too)."""
+    loop = asyncio.get_running_loop()
+    first: list[tuple[int, float]] = []  # (signal, when) of the stop request
+    repeats = [0]
+
+    def note_repeat(name: str, after_ms: int) -> None:
+        log.debug("signal_repeat_ignored", signal=name, after_ms=after_ms,
+                  window_s=REPEAT_WINDOW_S)
+
+    def received(signum: int) -> None:
+        if not first:
+            first.append((signum, time.monotonic()))
+            # From now on Python-level handlers: they run even while the event loop is busy
+            # with the shutdown, and a kill must not wait for it.
+            for s in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(s)
+                signal.signal(s, later)
+            on_signal(signal.Signals(signum).name)
+            return
+        first_signum, at = first[0]
+        since = time.monotonic() - at
+        if signum == first_signum and since < REPEAT_WINDOW_S:
+            repeats[0] += 1
+            if repeats[0] == 1:
+                # Never log inside a signal handler (the log's write lock may be held by the
+                # line being written): the loop does it.
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    loop.call_soon_threadsafe(note_repeat, signal.Signals(signum).name,
+                                              int(since * 1000))
+            return
         if on_second is not None:
             on_second()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    def handler(sig: signal.Signals) -> None:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(s)
-            signal.signal(s, second if on_second is not None else signal.SIG_DFL)
-        on_signal(sig.name)
+    def later(signum: int, _frame: Any) -> None:
+        received(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, handler, sig)
+        # Copies delivered before the first is handled queue up here too: received() tells.
+        loop.add_signal_handler(sig, received, int(sig))
 
 
 def _simulate_phone(runner: SessionRunner, site: Any, delay: float) -> None:
@@ -182,7 +215,7 @@ async def run_daemon(settings: Settings) -> int:
     target = _target_of(settings)
     assert target is not None
     stop = _StopSignal(log)
-    _install_signals(stop)
+    _install_signals(stop, log)
     async with AsyncExitStack() as stack:
         demo_site = await stack.enter_async_context(_demo_site(settings))
         metrics = Metrics()
@@ -262,7 +295,7 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
             env.setdefault("SESSIONKEEPER_TARGET_URL", demo_url(settings))
         driver = ChildDriver(command, env, profile, login_key)
         stop = _StopSignal(log)
-        _install_signals(stop, on_second=driver.kill_now)
+        _install_signals(stop, log, on_second=driver.kill_now)
         runner = SessionRunner(settings, driver, started, Metrics(),
                                await _start_webhook(settings, stack))
         log.info("exec_started", command=list(command), profile=str(profile),

@@ -100,10 +100,12 @@ def test_second_signal_exits_at_once(start: Callable[..., Daemon]) -> None:
     # Signals of one kind sent back to back merge into one; send the second once the first
     # has started the shutdown (closing Chromium and the final snapshot take a few 100 ms).
     daemon.wait_for("shutdown_started", 10)
-    daemon.signal(signal.SIGTERM)
+    # A repeat of the same signal within 2 s is the same request (tests/test_signals.py);
+    # the other signal ends the process at once.
+    daemon.signal(signal.SIGINT)
     began = time.monotonic()
     code = daemon.wait_exit(10)
-    assert code == -signal.SIGTERM  # killed by the second signal, not a clean exit
+    assert code == -signal.SIGINT  # killed by the second signal, not a clean exit
     assert time.monotonic() - began < 2
 
 
