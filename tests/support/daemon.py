@@ -117,6 +117,20 @@ class Daemon:
             time.sleep(0.01)
         raise AssertionError(f"no {name} {fields} within {timeout}s; log:\n" + self.log_text())
 
+    def booted(self, timeout: float = 60) -> dict[str, Any]:
+        """How the profile came to be at boot: `session_restored` from the database, or
+        `local_profile_kept` (the profile on disk was at least as new); both name the
+        generation and its login_state."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in list(self.events):
+                if event.get("event") in ("session_restored", "local_profile_kept"):
+                    return event
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.01)
+        raise AssertionError(f"no restore within {timeout}s; log:\n" + self.log_text())
+
     def names(self) -> list[str]:
         return [str(e.get("event")) for e in self.events]
 
