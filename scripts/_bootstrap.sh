@@ -1,5 +1,9 @@
 # Sourced by scripts/test and scripts/demo: installs what a fresh machine lacks.
-# uv (from PyPI with pip when missing), then the locked dependencies (uv.lock).
+# uv (from PyPI with pip when missing), then the locked dependencies (uv.lock), a Chromium,
+# and for scripts/test Debian's tini where apt-get can install it (the signal tests run the
+# daemon under it, as the Docker image does; they skip without it).
+# Sets venv_bin: the synced environment's bin folder, whose entry points a script execs once
+# the environment is synced (no `uv run` process in between to pass signals on twice).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -127,6 +131,29 @@ ensure_chromium() {
     say "Chromium installed: $found"
 }
 
+# Optional: never fails the bootstrap. Tried once per machine (a marker under .sessionkeeper/),
+# so a machine where it cannot be installed does not pay for apt-get at every run.
+ensure_tini() {
+    local marker="$repo_root/.sessionkeeper/tini-install-tried"
+    if command -v tini >/dev/null 2>&1 || [[ -e "$marker" ]] || ! command -v apt-get >/dev/null 2>&1; then
+        return 0
+    fi
+    mkdir -p "$(dirname "$marker")" && : >"$marker"
+    local log="${TMPDIR:-/tmp}/sessionkeeper-tini-install.log"
+    say "installing Debian's tini for the signal tests (apt-get install tini, log: $log)"
+    if as_root apt-get update >"$log" 2>&1 &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y tini >>"$log" 2>&1; then
+        say "tini installed: $(command -v tini)"
+    else
+        say "tini not installed (see $log): the tests that run the daemon under tini skip"
+    fi
+}
+
 ensure_uv
 ensure_deps
 ensure_chromium
+venv_bin="${UV_PROJECT_ENVIRONMENT:-$repo_root/.venv}/bin"
+# Only the test run needs tini (BASH_SOURCE[1] is the script that sourced this file).
+if [[ "$(basename "${BASH_SOURCE[1]:-}")" == "test" ]]; then
+    ensure_tini
+fi

@@ -347,22 +347,31 @@ def test_sigterm_through_tini(case: Case) -> None:
     assert_clean_end(case, proc, code, before)
 
 
+def assert_one_copy(proc: Launched) -> None:
+    """The wrapper became the daemon (exec): its pid is the lease owner's, and the daemon got
+    the stop once (no repeat to ignore, at debug level)."""
+    owner = proc.wait_for("lease_acquired", 1)["owner"]
+    assert f"-{proc.proc.pid}-" in owner, f"scripts/demo is pid {proc.proc.pid}, {owner=}"
+    assert "signal_repeat_ignored" not in proc.names(), proc.log_text()
+
+
 def test_group_kill_through_scripts_demo(case: Case) -> None:
     """`kill -TERM -- -PGID` on the README's wrapper: one stop, not two."""
     before = last_generation(case.url)
-    proc = case.launch([DEMO])
+    proc = case.launch([DEMO], SESSIONKEEPER_LOG_LEVEL="debug")
     ready(proc)
     sent = time.monotonic()
     os.killpg(proc.proc.pid, signal.SIGTERM)
     code, took = timed_exit(proc, sent)
     report("SIGTERM to scripts/demo's process group", took)
     assert_clean_end(case, proc, code, before)
+    assert_one_copy(proc)
 
 
 def test_ctrl_c_in_a_terminal_through_scripts_demo(case: Case) -> None:
     """Ctrl-C typed once at a terminal running scripts/demo: one clean shutdown."""
     before = last_generation(case.url)
-    proc = case.launch([DEMO], terminal=True)
+    proc = case.launch([DEMO], terminal=True, SESSIONKEEPER_LOG_LEVEL="debug")
     ready(proc)
     sent = time.monotonic()
     proc.type_keys(b"\x03")
@@ -370,6 +379,7 @@ def test_ctrl_c_in_a_terminal_through_scripts_demo(case: Case) -> None:
     report("Ctrl-C (SIGINT) in a pseudo-terminal, scripts/demo", took)
     assert proc.wait_for("signal_received", 1)["signal"] == "SIGINT"
     assert_clean_end(case, proc, code, before)
+    assert_one_copy(proc)
 
 
 def test_two_sigterms_10ms_apart(case: Case) -> None:
