@@ -20,13 +20,14 @@ import anyio
 import asyncpg
 
 from app import __version__
-from app.errors import ConfigError, UserError
+from app.errors import ConfigError, LeaseHeld, UserError
 from app.log import configure_logging, get_logger
 from app.memory import limit_malloc_arenas
 from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
 from app.settings import SESSION_ID_PATTERN, Settings, load_settings
-from app.store import repo
+from app.store import leases, repo
 from app.store.db import open_pool
+from app.store.repo import Conn
 from app.targets import login_key_for
 from app.tasks import sole_error
 from app.vault.archive import export_generation
@@ -105,16 +106,40 @@ async def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> dict[st
     return {"session_id": args.session, "generations": [g.as_json() for g in gens]}
 
 
+async def refuse_if_leased(conn: Conn, session_id: str, command: str, force: bool) -> None:
+    """A write from the command line while a process holds the session's lease would race
+    that owner: LeaseHeld, one line naming the holder; with force, a warning and go on."""
+    held = await leases.holder(conn, session_id)
+    if held.owner is None:
+        return
+    left = round(held.expires_in_s or 0, 1)
+    if not force:
+        raise LeaseHeld(f"session {session_id!r} is held by {held.owner} (lease token "
+                        f"{held.token}, {left}s left): `{command}` would race it; stop that "
+                        "process first, or pass --force")
+    get_logger(session_id=session_id).warning("lease_overridden", command=command,
+                                              holder=held.owner, fencing_token=held.token,
+                                              expires_in_s=left)
+
+
+async def _check_lease(pool: asyncpg.Pool, args: argparse.Namespace) -> None:
+    async with pool.acquire() as conn:
+        await refuse_if_leased(conn, args.session, args.command, args.force)
+
+
 async def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Snapshot a profile directory."""
     profile = args.profile or settings.profile_dir
     if not profile.is_dir():
         raise UserError(f"profile directory {profile} does not exist")
     async with open_pool(settings) as pool:
+        # Checked before the capture (nothing is uploaded in vain); the database checks again
+        # at the commit, in case a process took the lease meanwhile.
+        await _check_lease(pool, args)
         with _progress(args) as progress:
             result = await save_snapshot(pool, args.session, profile,
                                          VaultOptions.from_settings(settings),
-                                         kind="manual", progress=progress)
+                                         kind="manual", progress=progress, force=args.force)
     return result.as_json()
 
 
@@ -144,9 +169,11 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> dict[str, 
     # The source is read and checked before the database is opened: a hostile or mistaken
     # one changes nothing there.
     async with open_source(args.source, options.rules) as source, open_pool(settings) as pool:
+        await _check_lease(pool, args)
         with _progress(args) as progress:
             return await import_source(pool, args.session, source, options,
-                                       login_key=login_key, progress=progress)
+                                       login_key=login_key, progress=progress,
+                                       force=args.force)
 
 
 async def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -155,12 +182,20 @@ async def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, A
         async with pool.acquire() as conn:
             if not await repo.session_exists(conn, args.session):
                 raise UserError(f"no session {args.session!r} in the database")
-        return (await prune(pool, args.session, args.keep)).as_json()
+
+        async def guard(conn: Conn) -> None:
+            await refuse_if_leased(conn, args.session, "prune", args.force)
+
+        return (await prune(pool, args.session, args.keep, guard)).as_json()
 
 
 async def cmd_delete(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Delete a session and everything stored for it."""
-    async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+    async with (open_pool(settings, max_size=1) as pool, pool.acquire() as conn,
+                conn.transaction()):
+        # The row stays locked to the end: no process can take the lease in between.
+        await repo.lock_session(conn, args.session)
+        await refuse_if_leased(conn, args.session, "delete", args.force)
         if not await repo.delete_session(conn, args.session):
             raise UserError(f"no session {args.session!r} in the database")
     get_logger(session_id=args.session).info("session_deleted")
@@ -308,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=_session)
     p.add_argument("--profile", type=Path,
                    help="Chromium user-data-dir (default: SESSIONKEEPER_PROFILE_DIR)")
+    p.add_argument("--force", action="store_true",
+                   help="even while a process holds the session's lease (logged as a warning)")
     p = add("restore", cmd_restore, "restore a session into a profile directory")
     p.add_argument("session", type=_session)
     p.add_argument("--profile", type=Path,
@@ -323,11 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", type=_session)
     p.add_argument("source", metavar="SOURCE",
                    help="a file or folder; - reads standard input (e.g. piped from psql)")
+    p.add_argument("--force", action="store_true",
+                   help="even while a process holds the session's lease (logged as a warning)")
     p = add("prune", cmd_prune, "keep the newest N generations, collect unused chunks")
     p.add_argument("session", type=_session)
     p.add_argument("--keep", type=_positive, required=True)
-    add("delete", cmd_delete, "delete a session and all its data").add_argument(
-        "session", type=_session)
+    p.add_argument("--force", action="store_true",
+                   help="even while a process holds the session's lease (logged as a warning)")
+    p = add("delete", cmd_delete, "delete a session and all its data")
+    p.add_argument("session", type=_session)
+    p.add_argument("--force", action="store_true",
+                   help="even while a process holds the session's lease (logged as a warning)")
     return parser
 
 

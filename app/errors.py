@@ -33,5 +33,10 @@ class LeaseLost(UserError):
     """Another process owns the session now: this one must stop without writing."""
 
 
+class LeaseHeld(UserError):
+    """A write outside any lease (the CLI's snapshot, import, prune, delete) while a process
+    holds the session's lease: refused unless forced."""
+
+
 class SessionRemoved(Exception):
     """The session was unregistered (claim mode): stop it, take a final snapshot, hand it back."""

@@ -15,6 +15,9 @@ from app.store.locks import CHUNK_LOCK_CLASS
 
 # A plain connection or one borrowed from a pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
+# What the snapshot trigger raises for a write without a lease token while a process holds the
+# session's lease (migrations/0006_manual_write_guard.sql).
+LEASE_HELD_SQLSTATE = "SK002"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,18 @@ async def ensure_session(conn: Conn, session_id: str) -> None:
     """Create the session row if it is new."""
     await conn.execute("INSERT INTO sessions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
                        session_id)
+
+
+async def lock_session(conn: Conn, session_id: str) -> None:
+    """Lock the session's row until the transaction ends: no lease can be taken (or renewed)
+    meanwhile, so a check of its holder stays true for what the transaction does next."""
+    await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session_id)
+
+
+async def force_past_lease(conn: Conn) -> None:
+    """Let this transaction insert a generation without a lease token while another process
+    holds the session's lease (the trigger of migrations/0006 reads the setting)."""
+    await conn.execute("SET LOCAL sessionkeeper.force = on")
 
 
 async def session_exists(conn: Conn, session_id: str) -> bool:

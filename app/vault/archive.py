@@ -181,8 +181,10 @@ def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
 
 async def import_generation(
     pool: asyncpg.Pool, session_id: str, file: Path, *, progress: ProgressSink | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Import an exported generation as the newest generation of session_id."""
+    """Import an exported generation as the newest generation of session_id (LeaseHeld while
+    a process holds the session's lease, unless force)."""
     progress = progress or NullProgress()
     started = time.monotonic()
     if not file.is_file():
@@ -234,7 +236,7 @@ async def import_generation(
                     generation, uploaded = await commit_manifest(
                         conn, session_id, manifest, level=3, kind="import",
                         login_state=login_state, chunks_new=chunks_new,
-                        bytes_uploaded=uploaded, started=started)
+                        bytes_uploaded=uploaded, started=started, force=force)
                     changed = True
     except (tarfile.TarError, EOFError) as exc:
         raise CorruptSnapshot(f"{file}: damaged export ({exc}); nothing committed") from exc

@@ -7,7 +7,7 @@ import time
 
 import asyncpg
 
-from app.errors import CorruptSnapshot, LeaseLost
+from app.errors import CorruptSnapshot, LeaseHeld, LeaseLost
 from app.snapshot.manifest import FORMAT_VERSION, Manifest, PackedManifest
 from app.store import repo
 from app.store.leases import FENCED_SQLSTATE
@@ -18,7 +18,7 @@ from app.vault.manifests import store_lists
 async def commit_manifest(
     conn: Conn, session_id: str, manifest: Manifest, *, level: int, kind: str,
     login_state: str | None, chunks_new: int, bytes_uploaded: int, started: float,
-    lease_token: int | None = None,
+    lease_token: int | None = None, force: bool = False,
 ) -> tuple[int, int]:
     """Store the list objects, check every chunk is stored, insert the generation.
 
@@ -26,7 +26,8 @@ async def commit_manifest(
 
     The caller holds the session's chunk lock shared, so nothing it counted on can vanish;
     the count is a last check that the generation never names a missing chunk. With a lease
-    token, the database refuses the insert if a newer owner exists (LeaseLost).
+    token, the database refuses the insert if a newer owner exists (LeaseLost); without one,
+    while any process holds the session's lease (LeaseHeld), unless force.
     """
     packed = manifest.pack(level)
     uploaded = bytes_uploaded + len(packed.data)
@@ -34,19 +35,23 @@ async def commit_manifest(
     distinct = list(manifest.digests() | set(packed.lists))
     try:
         return await _insert(conn, session_id, manifest, packed, distinct, uploaded, kind,
-                             login_state, chunks_new, started, lease_token)
+                             login_state, chunks_new, started, lease_token, force)
     except asyncpg.PostgresError as exc:
         if getattr(exc, "sqlstate", None) == FENCED_SQLSTATE:
             raise LeaseLost(f"session {session_id!r}: {exc}") from None
+        if getattr(exc, "sqlstate", None) == repo.LEASE_HELD_SQLSTATE:
+            raise LeaseHeld(str(exc)) from None
         raise
 
 
 async def _insert(
     conn: Conn, session_id: str, manifest: Manifest, packed: PackedManifest,
     distinct: list[bytes], uploaded: int, kind: str, login_state: str | None, chunks_new: int,
-    started: float, lease_token: int | None,
+    started: float, lease_token: int | None, force: bool,
 ) -> tuple[int, int]:
     async with conn.transaction():
+        if force:
+            await repo.force_past_lease(conn)
         present = await repo.count_present(conn, session_id, distinct)
         if present != len(distinct):
             raise CorruptSnapshot(

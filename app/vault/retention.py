@@ -7,6 +7,7 @@ unfinished snapshot counted on is never removed.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,19 +58,29 @@ async def collect_garbage(conn: Conn, session_id: str) -> int | None:
         return deleted
 
 
-async def prune(pool: asyncpg.Pool, session_id: str, keep: int) -> PruneResult:
+# Runs inside prune's transaction, the session's row locked, before anything is deleted; it
+# raises to stop the prune (the CLI's check that no process holds the session's lease).
+PruneGuard = Callable[[Conn], Awaitable[None]]
+
+
+async def prune(pool: asyncpg.Pool, session_id: str, keep: int,
+                guard: PruneGuard | None = None) -> PruneResult:
     """Delete all but the newest `keep` generations, then collect their chunks."""
     log = get_logger(session_id=session_id)
     async with pool.acquire() as conn:
-        infos = await repo.list_generations(conn, session_id)
-        kept = [g.generation for g in infos[:keep]]
-        # The newest logged-in generation stays even past N: QR-state snapshots never push it
-        # out, so there is always a login to restore.
-        if infos and all(g.login_state == "qr" for g in infos[:keep]):
-            kept += [g.generation for g in infos[keep:] if g.login_state != "qr"][:1]
-        doomed = [g.generation for g in infos if g.generation not in kept]
-        if doomed:
-            await repo.delete_generations(conn, session_id, doomed)
+        async with conn.transaction():
+            if guard is not None:
+                await repo.lock_session(conn, session_id)
+                await guard(conn)
+            infos = await repo.list_generations(conn, session_id)
+            kept = [g.generation for g in infos[:keep]]
+            # The newest logged-in generation stays even past N: QR-state snapshots never
+            # push it out, so there is always a login to restore.
+            if infos and all(g.login_state == "qr" for g in infos[:keep]):
+                kept += [g.generation for g in infos[keep:] if g.login_state != "qr"][:1]
+            doomed = [g.generation for g in infos if g.generation not in kept]
+            if doomed:
+                await repo.delete_generations(conn, session_id, doomed)
         deleted = await collect_garbage(conn, session_id)
     result = PruneResult(session_id, kept, doomed, deleted or 0, deleted is None)
     if doomed or deleted:

@@ -171,15 +171,16 @@ async def save_snapshot(
     pool: asyncpg.Pool, session_id: str, profile: Path, options: VaultOptions,
     *, kind: str = "manual", login_state: Label | LabelFn = None, keep_login: bool = False,
     progress: ProgressSink | None = None, lease_token: int | None = None,
-    work_dir: Path | None = None,
+    work_dir: Path | None = None, force: bool = False,
 ) -> SaveResult:
     """Capture the profile and commit a new generation if anything changed.
 
     login_state labels the generation; a function is called with the staged copy's root.
     With keep_login a capture labelled 'qr' is not committed while a logged-in generation
     exists (a QR page holds no login to go back to). With a lease token the commit is fenced:
-    LeaseLost if another process owns the session. work_dir (default: beside the profile)
-    holds the staged copies and the stat cache.
+    LeaseLost if another process owns the session; without one, LeaseHeld while any process
+    holds its lease, unless force. work_dir (default: beside the profile) holds the staged
+    copies and the stat cache.
     """
     log = get_logger(session_id=session_id)
     progress = progress or NullProgress()
@@ -208,7 +209,7 @@ async def save_snapshot(
         if keep_login and label == "qr" and await _has_login(pool, session_id):
             return _skipped(session_id, tree, label, started)
         result = await _save_tree(pool, session_id, tree, cache, options, kind, label,
-                                  progress, started, lease_token)
+                                  progress, started, lease_token, force=force)
     finally:
         with anyio.CancelScope(shield=True):  # a cancelled snapshot still cleans up
             await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
@@ -271,7 +272,7 @@ async def _unchanged_by_stat(
 async def _save_tree(
     pool: asyncpg.Pool, session_id: str, tree: StagedTree, cache: StatCache,
     options: VaultOptions, kind: str, login_state: str | None, progress: ProgressSink,
-    started: float, lease_token: int | None,
+    started: float, lease_token: int | None, *, force: bool = False,
 ) -> SaveResult:
     def result(changed: bool, manifest: Manifest, generation: int | None,
                uploader: _Uploader | None) -> SaveResult:
@@ -329,6 +330,7 @@ async def _save_tree(
                 conn, session_id, manifest, level=options.zstd_level, kind=kind,
                 login_state=login_state, chunks_new=uploader.chunks_new,
                 bytes_uploaded=uploader.bytes_uploaded, started=started, lease_token=lease_token,
+                force=force,
             )
             cache.belongs_to(generation, manifest.content_digest())
         if uploader.chunks_new >= _ANALYZE_AFTER_CHUNKS:

@@ -280,10 +280,11 @@ def _warning(source: Source, key: LoginKey | None) -> str:
 
 
 async def _import_export(pool: asyncpg.Pool, session_id: str, source: Source,
-                         progress: ProgressSink) -> dict[str, Any]:
+                         progress: ProgressSink, force: bool) -> dict[str, Any]:
     assert source.file is not None
     try:
-        out = await import_generation(pool, session_id, source.file, progress=progress)
+        out = await import_generation(pool, session_id, source.file, progress=progress,
+                                      force=force)
     except UserError as exc:
         # A spooled standard input has a temp name nobody knows.
         raise type(exc)(str(exc).replace(str(source.file), source.shown)) from None
@@ -295,20 +296,21 @@ async def _import_export(pool: asyncpg.Pool, session_id: str, source: Source,
 
 async def import_source(
     pool: asyncpg.Pool, session_id: str, source: Source, options: VaultOptions, *,
-    login_key: LoginKey | None, progress: ProgressSink | None = None,
+    login_key: LoginKey | None, progress: ProgressSink | None = None, force: bool = False,
 ) -> dict[str, Any]:
     """Import an opened source as the newest generation of session_id (nothing is
-    committed unless all of it is in); the result as plain fields."""
+    committed unless all of it is in; nothing while a process holds the session's lease,
+    unless force); the result as plain fields."""
     progress = progress or NullProgress()
     if source.kind == "export":
-        out = await _import_export(pool, session_id, source, progress)
+        out = await _import_export(pool, session_id, source, progress, force)
     else:
         assert source.root is not None
         try:
             result = await save_snapshot(
                 pool, session_id, source.root, dataclasses.replace(options, capture_attempts=1),
                 kind="import", login_state=login_key.state_of if login_key else None,
-                progress=progress, work_dir=source.workspace / "work")
+                progress=progress, work_dir=source.workspace / "work", force=force)
         except CaptureInvalid as exc:
             hint = (" (if a whatsapp-web.js client uses the folder, stop it and import again)"
                     if source.kind == "localauth" else "")
