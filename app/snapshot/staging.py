@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.errors import CaptureInvalid
-from app.snapshot.keep import KeepRules, in_service_worker, is_immutable, unpaired_service_workers
+from app.snapshot.keep import (
+    SW_DATABASE,
+    SW_SCRIPTS,
+    KeepRules,
+    in_service_worker,
+    is_immutable,
+    unpaired_service_workers,
+)
 from app.snapshot.manifest import DirEntry
+from app.snapshot.sqlite_copy import Unstable, copy_group, is_sqlite, members
 from app.snapshot.validate import Problem, validate_tree
 
 STAGING_PREFIX = "staging-"
@@ -62,6 +70,8 @@ class StagedTree:
     attempts: int
     # Structured events for the log: {"event": ..., **fields}.
     notes: list[dict[str, object]] = field(default_factory=list)
+    # What staging itself found torn (a SQLite file that never held still).
+    problems: list[Problem] = field(default_factory=list)
 
 
 def work_dir_for(profile: Path) -> Path:
@@ -70,11 +80,21 @@ def work_dir_for(profile: Path) -> Path:
     return profile.parent / f".{profile.name}.sessionkeeper"
 
 
+def _live(st: os.stat_result) -> LiveStat:
+    return LiveStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, stat.S_IMODE(st.st_mode))
+
+
 def _walk(profile: Path, rules: KeepRules) -> tuple[dict[str, LiveStat], dict[str, int]]:
     """Kept files (with stats) and kept directories (with modes) of the live profile."""
+    return _scan(profile, rules, "")
+
+
+def _scan(profile: Path, rules: KeepRules,
+          top: str) -> tuple[dict[str, LiveStat], dict[str, int]]:
+    """Kept files and directories under profile/top (the whole profile for "")."""
     files: dict[str, LiveStat] = {}
     dirs: dict[str, int] = {}
-    stack = [""]
+    stack = [top]
     while stack:
         rel_dir = stack.pop()
         try:
@@ -94,8 +114,7 @@ def _walk(profile: Path, rules: KeepRules) -> tuple[dict[str, LiveStat], dict[st
                     dirs[rel] = stat.S_IMODE(st.st_mode)
                 stack.append(rel)
             elif stat.S_ISREG(st.st_mode) and rules.keeps(rel):
-                files[rel] = LiveStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev,
-                                      stat.S_IMODE(st.st_mode))
+                files[rel] = _live(st)
     return files, dirs
 
 
@@ -162,9 +181,43 @@ def _catch_up(profile: Path, rules: KeepRules, files: dict[str, LiveStat]) -> di
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                found[rel] = LiveStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev,
-                                      stat.S_IMODE(st.st_mode))
+                found[rel] = _live(st)
     return found
+
+
+def _referencing_folders(files: dict[str, LiveStat]) -> list[str]:
+    """Folders whose files a LevelDB names: IndexedDB's `.blob` folder beside its `.leveldb`,
+    the service worker's `ScriptCache` beside its `Database`."""
+    found = []
+    for rel in files:
+        folder, _, name = rel.rpartition("/")
+        if name != "CURRENT":
+            continue
+        if folder.endswith(".indexeddb.leveldb"):
+            found.append(folder.removesuffix(".leveldb") + ".blob")
+        elif folder == SW_DATABASE or folder.endswith(f"/{SW_DATABASE}"):
+            found.append(folder.removesuffix(SW_DATABASE) + SW_SCRIPTS)
+    return found
+
+
+def _stage_sqlite(profile: Path, staging: Path, db: str, rules: KeepRules,
+                  files: dict[str, LiveStat], present: dict[str, bool],
+                  problems: list[Problem]) -> None:
+    """Stage a SQLite database with its journal and WAL as of one instant."""
+    names = members(db, rules.keeps)
+    folder = db.rpartition("/")[0]
+    try:
+        stats = copy_group(profile / folder, staging / folder,
+                           [n.rpartition("/")[2] for n in names])
+    except Unstable as exc:
+        problems.append(Problem(db, f"sqlite_unstable {exc}"))
+        present.update(dict.fromkeys(names, False))
+        return
+    for rel in names:
+        st = stats[rel.rpartition("/")[2]]
+        present[rel] = st is not None
+        if st is not None:
+            files[rel] = _live(st)
 
 
 def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
@@ -180,11 +233,11 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
     """
     started = time.time_ns()
     notes: list[dict[str, object]] = []
+    problems: list[Problem] = []
     files, dirs = _walk(profile, rules)
     _drop_unpaired(files, dirs, notes)
     staging.mkdir(parents=True)
-    dir_entries = _dir_entries(files, dirs)
-    for d in dir_entries:
+    for d in _dir_entries(files, dirs):
         (staging / d.path).mkdir(exist_ok=True)
 
     def put(rel: str, live: LiveStat) -> bool:
@@ -192,9 +245,14 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
         return _stage_file(profile / rel, staging / rel, live, link)
 
     linked_first = [rel for rel in files if is_immutable(rel) or _is_pinned(rel)]
-    copied = sorted((rel for rel in files if rel not in set(linked_first)),
+    linked = set(linked_first)
+    databases = [rel for rel in files if rel not in linked and is_sqlite(profile / rel)]
+    grouped = {m for db in databases for m in members(db, rules.keeps)}
+    copied = sorted((rel for rel in files if rel not in linked and rel not in grouped),
                     key=lambda r: r.rsplit("/", 1)[-1] != "CURRENT")
     present = {rel: put(rel, files[rel]) for rel in [*linked_first, *copied]}
+    for db in databases:
+        _stage_sqlite(profile, staging, db, rules, files, present, problems)
     # Freeze the MANIFESTs now: every table they name exists at this moment, and is linked
     # already or picked up right below.
     for rel in files:
@@ -207,13 +265,25 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
     for rel in files:
         if present[rel] and _is_pinned(rel) and (staging / rel).stat().st_nlink > 1:
             _unpin(staging / rel)
+    # The logs are copied: what they name is written by now (IndexedDB writes a blob before
+    # it commits the record naming it; a service worker's script before its registration).
+    for folder in _referencing_folders(files):
+        new_files, new_dirs = _scan(profile, rules, folder)
+        for rel in sorted(r for r in new_dirs if r not in dirs):
+            dirs[rel] = new_dirs[rel]
+            (staging / rel).mkdir(parents=True, exist_ok=True)
+        for rel in sorted(r for r in new_files if r not in files):
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            files[rel] = new_files[rel]
+            present[rel] = put(rel, new_files[rel])
     staged_files = []
     for rel, live in files.items():
         if not present[rel]:
             continue
         st = (staging / rel).stat()
         staged_files.append(StagedFile(rel, st.st_size, live.mode, live, is_immutable(rel)))
-    return StagedTree(staging, staged_files, dir_entries, started, 1, notes)
+    return StagedTree(staging, staged_files, _dir_entries(files, dirs), started, 1, notes,
+                      problems)
 
 
 def _dir_entries(files: dict[str, LiveStat], dirs: dict[str, int]) -> list[DirEntry]:
@@ -261,7 +331,7 @@ def capture(
             f"{STAGING_PREFIX}{os.getpid()}-{_PROCESS_TOKEN}-{uuid.uuid4().hex[:8]}")
         try:
             tree = stage(profile, staging, rules)
-            problems = validate_tree(staging)
+            problems = [*tree.problems, *validate_tree(staging)]
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
