@@ -10,6 +10,11 @@ sites like WhatsApp allow one tab per profile, so the browser then follows the n
 page on the target's origin, closes its own, and reads the login state there, never
 navigating, reloading or clicking in a client's page. With no client page left on the origin
 it opens its own page again.
+
+Every wait on Chromium and on Playwright's driver is bounded: a close that gets no answer
+(the driver is gone or hung) gives up after CLOSE_WAIT_S, and whatever still runs on the profile
+is killed, so the folder is left as Chromium left it and nothing writes into it afterwards; a
+driver found gone is a crash, and the next launch starts a new one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import anyio
 from playwright.async_api import BrowserContext, Page, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
+from app.browser_processes import LaunchedPids, alive, find_launched, kill_browser, kill_driver
 from app.chromium import CHROMIUM_ARGS, plain_user_agent
 from app.errors import ConfigError
 from app.login_state import LoginState, Observation
@@ -38,6 +44,13 @@ DEVTOOLS_FILE = "DevToolsActivePort"
 DEVTOOLS_WAIT_S = 10.0
 # Chromium's DevTools on loopback only; the daemon's proxy is the way in from outside.
 CDP_ARGS = ["--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"]
+# Chromium closes in about 0.1 s; a close with no answer after this long will get none.
+CLOSE_WAIT_S = 5.0
+# Playwright's driver stops at once when asked; after this long it is killed.
+DRIVER_STOP_WAIT_S = 3.0
+# How long a killed Chromium gets to be gone from the process table.
+KILL_WAIT_S = 2.0
+DRIVER_GONE = "Playwright's driver is gone"
 
 class BrowserCrashed(Exception):
     """Chromium or the page died (not closed by us)."""
@@ -92,6 +105,9 @@ class Browser:
         # What still says "headless" in our page (user agent or brands), after each launch.
         self.headless_seen: list[str] = []
         self._prepare_lock = anyio.Lock()
+        # Chromium's and the driver's pids, noted at each launch (app/browser_processes.py).
+        self._pids: LaunchedPids | None = None
+        self._driver_pid: int | None = None
 
     @property
     def running(self) -> bool:
@@ -115,9 +131,15 @@ class Browser:
     async def prepare(self) -> Playwright:
         """Start Playwright's driver (about half a second); boot runs it alongside restore."""
         async with self._prepare_lock:
+            if self._playwright is not None and self.driver_gone():
+                await self._stop_driver()  # it died: a relaunch needs a new one
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
             return self._playwright
+
+    def driver_gone(self) -> bool:
+        """True once Playwright's driver, seen running at a launch, has exited."""
+        return self._driver_pid is not None and not alive(self._driver_pid)
 
     async def start(self) -> None:
         """Launch Chromium on the profile and open the target."""
@@ -139,6 +161,9 @@ class Browser:
         )
         self._context = context
         context.on("close", lambda _: self._crashed("browser closed"))
+        self._pids = await anyio.to_thread.run_sync(find_launched, self.profile)
+        if self._pids is not None and self._pids.driver is not None:
+            self._driver_pid = self._pids.driver
         if self.cdp:
             self.devtools = await self._read_devtools()
         await self._open_own_page(context.pages[0] if context.pages else None)
@@ -212,6 +237,9 @@ class Browser:
         """Read the login state from the page; BrowserCrashed if the browser is gone."""
         if self.crash_reason is not None or self._context is None:
             raise BrowserCrashed(self.crash_reason or "not started")
+        if self.driver_gone():
+            # Its calls would fail (or wait) for ever, and Chromium went with it.
+            raise BrowserCrashed(DRIVER_GONE)
         page = self._page
         if page is None or page.is_closed():
             return Observation(None)  # follow_pages() picks the next one
@@ -246,19 +274,47 @@ class Browser:
             return None
         return None if result is None else str(result)
 
-    async def close(self) -> None:
-        """Close the context: Chromium writes what it holds to the profile, then exits."""
+    async def close(self, within: float = CLOSE_WAIT_S) -> None:
+        """Close the context: Chromium writes what it holds to the profile, then exits. With
+        no answer within `within` seconds (the driver is gone or hung), Chromium is killed, and
+        so is a driver that did not answer; either way nothing runs on the profile after."""
         self._closing = True
         context, self._context, self._page, self._own = self._context, None, None, []
         self.devtools = None
-        if context is not None:
-            with contextlib.suppress(PlaywrightError):
-                await context.close()
+        pids, self._pids = self._pids, None
+        if context is None:
+            return
+        answered = False
+        if not self.driver_gone():
+            with anyio.move_on_after(within):
+                with contextlib.suppress(PlaywrightError):
+                    await context.close()
+                answered = True
+        if pids is not None:
+            # Chromium closed: gone at once. Its driver died: Chromium may outlive it.
+            await anyio.to_thread.run_sync(kill_browser, pids, self.profile, KILL_WAIT_S)
+        if not answered and not self.driver_gone():
+            await self._stop_driver(ask=False)  # it does not answer: of no more use
 
     async def stop(self) -> None:
         """Close the context and the Playwright driver."""
         await self.close()
-        if self._playwright is not None:
+        await self._stop_driver()
+
+    async def _stop_driver(self, *, ask: bool = True) -> None:
+        """Stop Playwright's driver: asked first (unless it is known not to answer), killed
+        when it has not stopped within DRIVER_STOP_WAIT_S."""
+        playwright, self._playwright = self._playwright, None
+        driver, self._driver_pid = self._driver_pid, None
+        if playwright is None:
+            return
+        if not ask and driver is not None:
+            kill_driver(driver)
+        with anyio.move_on_after(DRIVER_STOP_WAIT_S) as scope:
             with contextlib.suppress(PlaywrightError, OSError):
-                await self._playwright.stop()
-            self._playwright = None
+                await playwright.stop()
+        if scope.cancelled_caught and driver is not None:
+            kill_driver(driver)
+            with anyio.move_on_after(KILL_WAIT_S):
+                with contextlib.suppress(PlaywrightError, OSError):
+                    await playwright.stop()

@@ -39,7 +39,15 @@ import asyncpg
 import pytest
 
 from app.drivers.child import group_members
-from tests.support.daemon import DAEMON_SESSION, ROOT, Daemon, descendants, free_port
+from tests.support.daemon import (
+    DAEMON_SESSION,
+    ROOT,
+    Daemon,
+    browser_pids,
+    descendants,
+    free_port,
+    process_table,
+)
 from tests.support.vault_db import generations, sql
 
 SESSION = DAEMON_SESSION
@@ -200,8 +208,8 @@ RULE_PROGRAM = textwrap.dedent("""
 
 @pytest.mark.parametrize("first,second,gap,hold,ends", [
     # copies of one request (a group kill plus a wrapper's forwarded copy): one stop
-    ("SIGTERM", "SIGTERM", 0.01, 1.0, "clean"),
-    ("SIGINT", "SIGINT", 0.01, 1.0, "clean"),
+    ("SIGTERM", "SIGTERM", 0.01, 0.5, "clean"),
+    ("SIGINT", "SIGINT", 0.01, 0.5, "clean"),
     # the same signal after the window: the process ends at once
     ("SIGTERM", "SIGTERM", 2.3, 5.0, "killed"),
     # the other signal, even at once: the process ends at once
@@ -233,7 +241,8 @@ def test_signal_rule(first: str, second: str, gap: float, hold: float, ends: str
         assert repeats[0]["signal"] == second
     else:
         assert code == -signal.Signals[second], proc.log_text()
-        assert took < 1.0 and "stopped" not in names and "on_second" in names
+        # Killed before the shutdown it stands for (hold: 5 s) could end.
+        assert took < 3 and "stopped" not in names and "on_second" in names
         assert "signal_repeat_ignored" not in names
 
 
@@ -302,7 +311,7 @@ def ready(proc: Launched) -> None:
     """Restored from the shared login and ready, with the page writing for a moment."""
     proc.wait_for("ready", 60)
     assert "qr_required" not in proc.names(), proc.log_text()
-    time.sleep(1)
+    time.sleep(0.3)
 
 
 # ------------------------------------------------------------------ the matrix
@@ -413,9 +422,106 @@ def test_two_sigints_3s_apart_the_second_ends_it_at_once(case: Case) -> None:
     code, took = timed_exit(daemon, sent)
     report("two SIGINTs 3 s apart (killed at the second)", took)
     assert code == -signal.SIGINT, daemon.log_text()
-    assert took < 1.0
+    assert took < 3  # not the bot's stop budget (over 10 s)
     assert "shutdown_completed" not in daemon.names()
     deadline = time.monotonic() + 5
     while group_members(child["pgid"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not group_members(child["pgid"])
+
+
+def driver_pids(root: int) -> list[int]:
+    """Playwright's driver (node ... run-driver) below root."""
+    table = process_table()
+    return [pid for pid in descendants(root)
+            if pid in table and any(b"run-driver" in a for a in table[pid][1])]
+
+
+def test_sigterm_to_every_process_of_the_tree(case: Case) -> None:
+    """systemd's KillMode=control-group: the daemon, Playwright's driver and Chromium (in a
+    process group of its own) all get SIGTERM at once. The final snapshot is taken from the
+    folder as Chromium left it."""
+    before = last_generation(case.url)
+    daemon = case.daemon()
+    ready(daemon)
+    tree = [daemon.proc.pid, *descendants(daemon.proc.pid)]
+    assert browser_pids(daemon.proc.pid) and driver_pids(daemon.proc.pid)
+    sent = time.monotonic()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    code, took = timed_exit(daemon, sent)
+    report("SIGTERM to every process of the tree", took)
+    assert_clean_end(case, daemon, code, before)
+
+
+def test_driver_killed_mid_run_is_a_crash(case: Case) -> None:
+    """Playwright's driver dies alone (OOM killer): the browser is gone with it, so the session
+    is not shown ready on a page nobody reads; a new driver and Chromium come up, and a later
+    SIGTERM ends cleanly."""
+    before = last_generation(case.url)
+    daemon = case.daemon()
+    ready(daemon)
+    [driver] = driver_pids(daemon.proc.pid)
+    os.kill(driver, signal.SIGKILL)
+    crashed = daemon.wait_for("browser_crashed", 10)
+    assert "driver" in crashed["reason"], crashed
+    daemon.wait_for("browser_restarted", 30, reason="crash")
+    deadline = time.monotonic() + 30
+    while daemon.names().count("ready") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemon.names().count("ready") == 2, daemon.log_text()
+    assert driver_pids(daemon.proc.pid) not in ([], [driver])
+    sent = time.monotonic()
+    os.kill(daemon.proc.pid, signal.SIGTERM)
+    code, took = timed_exit(daemon, sent)
+    report("SIGTERM after the driver was killed and replaced", took)
+    assert_clean_end(case, daemon, code, before)
+
+
+@pytest.mark.slow
+def test_driver_gone_at_the_stop_costs_a_bounded_wait(case: Case) -> None:
+    """The driver dies a moment before the daemon's SIGTERM: the final snapshot is taken all
+    the same, with no wait for an answer that cannot come. (Slow: it passed before the bounds
+    too; test_driver_that_never_answers_costs_a_bounded_wait is the one that did not.)"""
+    before = last_generation(case.url)
+    daemon = case.daemon()
+    ready(daemon)
+    [driver] = driver_pids(daemon.proc.pid)
+    os.kill(driver, signal.SIGKILL)
+    time.sleep(0.05)
+    sent = time.monotonic()
+    os.kill(daemon.proc.pid, signal.SIGTERM)
+    code, took = timed_exit(daemon, sent)
+    report("driver SIGKILLed 50 ms before the SIGTERM", took)
+    assert_clean_end(case, daemon, code, before)
+    assert took < 6
+
+
+def test_driver_that_never_answers_costs_a_bounded_wait(case: Case) -> None:
+    """The driver is there but never answers (SIGSTOP stands in for a hung one): Chromium's
+    close is given up after a bounded wait, Chromium is killed so nothing writes into the
+    folder, the final snapshot is taken from the folder as Chromium left it, and the lease is
+    released, well within the shutdown timeout."""
+    before = last_generation(case.url)
+    daemon = case.daemon()
+    ready(daemon)
+    [driver] = driver_pids(daemon.proc.pid)
+    chromium = browser_pids(daemon.proc.pid)
+    os.kill(driver, signal.SIGSTOP)
+    sent = time.monotonic()
+    os.kill(daemon.proc.pid, signal.SIGTERM)
+    code, took = timed_exit(daemon, sent)
+    report("driver not answering (SIGSTOP), then SIGTERM", took)
+    assert_clean_end(case, daemon, code, before)
+    assert took < 9  # the driver's stop budget is 15 s of the default shutdown timeout
+    assert not [pid for pid in (driver, *chromium) if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    """True while pid runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
