@@ -9,8 +9,10 @@ hook is put on the one internal step named in the test's docstring.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import random
+import shutil
 import sqlite3
 import time
 from multiprocessing.sharedctypes import Synchronized
@@ -23,6 +25,7 @@ import pytest
 import app.snapshot.staging as staging_mod
 from app.snapshot.keep import KeepRules
 from app.snapshot.staging import capture, clear_stale_staging
+from app.snapshot.validate import validate_tree
 from tests.support.profile_tree import BLOBS, IDB, SW_DB, SW_SCRIPTS, ProfileTree
 
 SPAWN = mp.get_context("spawn")  # the writers are other processes, as Chromium's are
@@ -66,7 +69,7 @@ def test_a_blob_stored_between_the_walk_and_the_log_copy_is_captured(
         tree = capture(profile.root, tmp_path / "work", KeepRules())
     finally:
         db.close()
-    copy = plyvel.DB(str(tree.root / IDB))
+    copy = open_copy(tree.root / IDB, tmp_path)
     try:
         assert copy.get(b"file-record") == b"blob 0x100"  # the copied log names the blob
     finally:
@@ -93,7 +96,7 @@ def test_a_script_cached_between_the_walk_and_the_log_copy_is_captured(
         tree = capture(profile.root, tmp_path / "work", KeepRules())
     finally:
         sw.close()
-    copy = plyvel.DB(str(tree.root / SW_DB))
+    copy = open_copy(tree.root / SW_DB, tmp_path)
     try:
         assert copy.get(b"RES:9c1d") == b"script 9c1d_0"
     finally:
@@ -189,3 +192,115 @@ def test_a_cookie_store_written_during_capture_is_never_torn(
     assert commits.value - first >= 30, "the writer hardly wrote during the captures"
     assert torn == [], f"{len(torn)} of 60 captures torn: {torn[:3]}"
 
+
+
+# --- issue 17 item 2: a torn capture is retried until valid, attempts counted ------------------
+
+_KEYS = 10_000
+
+
+def leveldb_writer(folder: str, written: Synchronized[int], stop: Any) -> None:
+    """Another process writes a LevelDB much faster than any site: 1 KiB values into a 16 KiB
+    write buffer, so tables appear and compactions delete them all the time. Each value holds
+    its write number and a digest of its body."""
+    db = plyvel.DB(folder, create_if_missing=True, write_buffer_size=16 * 1024)
+    rng = random.Random(11)
+
+    def value(i: int) -> bytes:
+        body = rng.randbytes(1024)
+        return i.to_bytes(8, "big") + hashlib.sha256(body).digest() + body
+
+    with db.write_batch() as batch:  # every key at once, then one write after another
+        for i in range(_KEYS):
+            batch.put(b"k%08d" % i, value(i))
+    i = written.value = _KEYS
+    while not stop.is_set():
+        db.put(b"k%08d" % (i % _KEYS), value(i))
+        i += 1
+        written.value = i
+    db.close()
+
+
+def open_copy(folder: Path, tmp_path: Path) -> Any:
+    """A staged LevelDB opened through a copy of its own: staged tables are hard links to the
+    live ones, and LevelDB opened in place would create its next files with O_TRUNC, which
+    can truncate a live table that staging linked under the same number."""
+    private = tmp_path / f"opened-{time.monotonic_ns()}"
+    shutil.copytree(folder, private)
+    return plyvel.DB(str(private), paranoid_checks=True)
+
+
+def _check_leveldb_copy(folder: Path, tmp_path: Path, written: int, every_value: bool) -> None:
+    """The staged copy opens (LevelDB refuses one whose MANIFEST names missing tables) and
+    holds the last write made before the capture began; with every_value, every value
+    matches its digest and no key is missing."""
+    db = open_copy(folder, tmp_path)
+    try:
+        last = db.get(b"k%08d" % ((written - 1) % _KEYS))
+        assert last is not None and int.from_bytes(last[:8], "big") >= written - 1
+        if every_value:
+            count = 0
+            for _key, value in db.iterator():
+                assert hashlib.sha256(value[40:]).digest() == value[8:40]
+                count += 1
+            assert count == _KEYS
+    finally:
+        db.close()
+
+
+def test_a_torn_leveldb_capture_is_retried_until_valid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real LevelDB written so fast that some staged copies tear (the real validator finds
+    a MANIFEST naming a table a compaction deleted meanwhile). Each call of staging's stage()
+    is one real staged copy and is counted; captures go on until one needed more than one
+    copy. Every capture must end valid, and at least one must have been retried: a capture
+    that stages once fails here (torn, or never retried)."""
+    live = tmp_path / "profile"
+    folder = live / IDB
+    folder.mkdir(parents=True)
+    (live / "Local State").write_text("{}")
+    written = SPAWN.Value("q", 0, lock=False)
+    stop = SPAWN.Event()
+    writer = SPAWN.Process(target=leveldb_writer, args=(str(folder), written, stop))
+    writer.start()
+    staged: list[Path] = []
+    real_stage = staging_mod.stage
+
+    def counted_stage(profile: Path, staging: Path, rules: KeepRules) -> Any:
+        staged.append(staging)
+        return real_stage(profile, staging, rules)
+
+    monkeypatch.setattr(staging_mod, "stage", counted_stage)
+    attempts: list[int] = []
+    reasons: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while written.value < _KEYS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert written.value >= _KEYS, "the writer never filled its keys"
+        filled = time.monotonic()
+        deadline = time.monotonic() + 45
+        while (max(attempts, default=1) == 1 or len(attempts) < 3) \
+                and time.monotonic() < deadline:
+            before, last_write = len(staged), written.value
+            tree = capture(live, tmp_path / "work", KeepRules(), attempts=10, retry_delay=0.01)
+            made = len(staged) - before
+            attempts.append(made)
+            assert tree.attempts == made
+            retried = [n for n in tree.notes if n["event"] == "capture_retried"]
+            assert len(retried) == made - 1
+            reasons.extend(str(n["reason"]) for n in retried)
+            if made > 1:  # a retried capture is opened and read through
+                _check_leveldb_copy(tree.root / IDB, tmp_path, last_write, every_value=True)
+            else:
+                assert validate_tree(tree.root) == []
+            clear_stale_staging(tmp_path / "work")
+        # The last capture, retried or not, opens and holds the writes made before it.
+        tree = capture(live, tmp_path / "work", KeepRules(), attempts=10, retry_delay=0.01)
+        _check_leveldb_copy(tree.root / IDB, tmp_path, last_write, every_value=True)
+    finally:
+        stop.set()
+        writer.join(30)
+    print("staged copies per capture:", attempts, reasons,
+          f"in {time.monotonic() - filled:.1f} s")
+    assert max(attempts) > 1, f"no capture was torn in {len(attempts)}: {attempts}"
