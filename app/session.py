@@ -251,7 +251,9 @@ class SessionRunner:
                 with attempt:
                     sent = time.monotonic()
                     async with bounded(self.pool, self.lease_query_timeout) as conn:
-                        token = await leases.try_acquire(conn, self.session_id, self.owner, ttl)
+                        token = await leases.try_acquire(
+                            conn, self.session_id, self.owner, ttl,
+                            leases.handover_within(self.settings.shutdown_timeout))
                         held = None if token else await leases.holder(conn, self.session_id)
             if token is not None:
                 break
@@ -560,7 +562,9 @@ class SessionRunner:
             return None
 
     async def _log_handover(self) -> None:
-        """Time from the previous owner's SIGTERM to ready here (database clock), once."""
+        """Time from the previous owner's SIGTERM to ready here (database clock), once. The
+        mark is left only when this process took the lease that owner released at shutdown,
+        soon after (leases.try_acquire clears it otherwise): then it is a hand-over."""
         if self.pool is None or self.lease_token is None:
             return
         try:
@@ -571,7 +575,7 @@ class SessionRunner:
                                                 self.lease_token)
         except DB_ERRORS:
             return
-        if seconds is not None and seconds < 3600:
+        if seconds is not None:
             self.log.info("handover_completed", seconds=round(seconds, 3))
             self.metrics.handover(self.session_id, seconds)
 

@@ -39,6 +39,7 @@ import asyncpg
 import pytest
 
 from app.drivers.child import group_members
+from app.store import leases
 from tests.support.daemon import (
     DAEMON_SESSION,
     ROOT,
@@ -525,3 +526,87 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
 
+
+# ------------------------------------------------------------------ what a hand-over is
+
+
+def _mark(url: str) -> Any:
+    return sql(url, "SELECT handover_started_at FROM sessions WHERE id = $1", SESSION)
+
+
+# Simulation (named as such): the previous owner's hand-over mark and release moved back in
+# time, as if the next start came $2 minutes after its SIGTERM.
+SIMULATE_A_START_LONG_AFTER = (
+    "UPDATE sessions SET handover_started_at = handover_started_at - make_interval(mins => $2),"
+    " lease_released_at = lease_released_at - make_interval(mins => $2) WHERE id = $1")
+
+
+def simulate_a_start_long_after(url: str, minutes: int = 39) -> None:
+    """The simulation above, for a database URL."""
+    sql(url, SIMULATE_A_START_LONG_AFTER + " RETURNING 1", SESSION, minutes)
+
+
+def test_handover_mark_survives_only_a_hand_over(database_url: str) -> None:
+    """leases against a real PostgreSQL: the mark the previous owner set at its SIGTERM is kept
+    only by an acquisition of the lease it released, soon after; any other clears it."""
+    within = leases.handover_within(25.0)
+
+    async def go() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async def shut_down(owner: str, token: int, release: bool = True) -> None:
+                await leases.mark_handover(conn, SESSION, owner, token)
+                if release:
+                    assert await leases.release(conn, SESSION, owner, token)
+
+            # A deploy: the next owner takes the lease at once.
+            a = await leases.try_acquire(conn, SESSION, "a", 30, within)
+            assert a is not None
+            await shut_down("a", a)
+            b = await leases.try_acquire(conn, SESSION, "b", 30, within)
+            assert b is not None
+            seconds = await leases.handover_seconds(conn, SESSION)
+            assert seconds is not None and 0 <= seconds < 5
+            await leases.clear_handover(conn, SESSION, "b", b)
+            # A start 39 minutes after the previous owner's SIGTERM: no hand-over.
+            await shut_down("b", b)
+            await conn.execute(SIMULATE_A_START_LONG_AFTER, SESSION, 39)
+            c = await leases.try_acquire(conn, SESSION, "c", 0.2, within)
+            assert c is not None
+            assert await leases.handover_seconds(conn, SESSION) is None
+            # The owner died after its mark (no release): its lease ran out; no hand-over.
+            await shut_down("c", c, release=False)
+            await conn.execute("UPDATE sessions SET lease_expires_at = now() - interval '1 s'"
+                               " WHERE id = $1", SESSION)
+            assert await leases.try_acquire(conn, SESSION, "d", 30, within) is not None
+            assert await leases.handover_seconds(conn, SESSION) is None
+            # Claim mode keeps and clears the mark by the same rule.
+            await leases.register(conn, SESSION, "demo")
+            d = await leases.holder(conn, SESSION)
+            await shut_down("d", d.token)
+            [claimed] = await leases.claim(conn, "e", 30, 5, within)
+            assert await leases.handover_seconds(conn, SESSION) is not None
+            await shut_down("e", claimed.token)
+            await conn.execute(SIMULATE_A_START_LONG_AFTER, SESSION, 39)
+            assert await leases.claim(conn, "f", 30, 5, within)
+            assert await leases.handover_seconds(conn, SESSION) is None
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_start_long_after_the_previous_owners_sigterm_is_no_handover(case: Case) -> None:
+    """The shared login's owner stopped with SIGTERM (its mark is in the database); this start
+    comes 39 minutes later (simulated by moving the mark back): no handover_completed, and the
+    mark is cleared."""
+    assert _mark(case.url) is not None
+    simulate_a_start_long_after(case.url)
+    daemon = case.daemon()
+    daemon.wait_for("ready", 60)
+    time.sleep(0.5)  # handover_completed would follow ready at once
+    assert "handover_completed" not in daemon.names(), daemon.log_text()
+    assert _mark(case.url) is None
+    count = ("sessionkeeper_handover_duration_seconds_count", (("session", SESSION),))
+    assert daemon.metrics().get(count, 0) == 0
+    daemon.stop_cleanly()

@@ -17,6 +17,20 @@ from app.store.repo import Conn
 
 FENCED_SQLSTATE = "SK001"
 
+# A hand-over is counted only when the next owner takes the lease within this many times the
+# shutdown timeout of the previous owner's SIGTERM (its final snapshot and release fit in one).
+HANDOVER_WITHIN_SHUTDOWNS = 4.0
+# Without a shutdown timeout at hand (claim mode): four times the default 25 s.
+HANDOVER_WITHIN_DEFAULT_S = 100.0
+
+# At an acquisition (the old row's values): the hand-over mark is kept only when the previous
+# owner released the lease after setting it, and the mark is recent; otherwise it is cleared,
+# so a later start logs no `handover_completed`.
+_KEEP_HANDOVER = """CASE WHEN {t}owner IS NULL AND {t}handover_started_at IS NOT NULL
+                       AND {t}lease_released_at >= {t}handover_started_at
+                       AND now() - {t}handover_started_at <= make_interval(secs => {within})
+                  THEN {t}handover_started_at END"""
+
 
 # Host names repeat and, under tini, every container's daemon has the same pid: a random part
 # keeps two processes apart (a lease is fenced by owner and token).
@@ -42,17 +56,27 @@ class Holder:
     expires_in_s: float | None
 
 
-async def try_acquire(conn: Conn, session_id: str, owner: str, ttl_s: float) -> int | None:
-    """Take the lease if it is free, expired or ours; returns the new fencing token."""
+def handover_within(shutdown_timeout_s: float) -> float:
+    """Seconds from the previous owner's SIGTERM within which taking its released lease counts
+    as a hand-over."""
+    return HANDOVER_WITHIN_SHUTDOWNS * shutdown_timeout_s
+
+
+async def try_acquire(conn: Conn, session_id: str, owner: str, ttl_s: float,
+                      handover_within_s: float = HANDOVER_WITHIN_DEFAULT_S) -> int | None:
+    """Take the lease if it is free, expired or ours; returns the new fencing token. The
+    hand-over mark survives only when this takes the lease the previous owner released at its
+    shutdown, within handover_within_s of its SIGTERM; else it is cleared."""
     await repo.ensure_session(conn, session_id)
     token: int | None = await conn.fetchval(
-        """UPDATE sessions
-              SET owner = $2, lease_token = lease_token + 1,
-                  lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
-            WHERE id = $1
-              AND (owner IS NULL OR owner = $2 OR lease_expires_at < now())
-        RETURNING lease_token""",
-        session_id, owner, ttl_s,
+        f"""UPDATE sessions
+               SET owner = $2, lease_token = lease_token + 1,
+                   lease_expires_at = now() + make_interval(secs => $3), updated_at = now(),
+                   handover_started_at = {_KEEP_HANDOVER.format(t="", within="$4")}
+             WHERE id = $1
+               AND (owner IS NULL OR owner = $2 OR lease_expires_at < now())
+         RETURNING lease_token""",
+        session_id, owner, ttl_s, handover_within_s,
     )
     return token
 
@@ -94,7 +118,7 @@ async def clear_handover(conn: Conn, session_id: str, owner: str, token: int) ->
 async def release(conn: Conn, session_id: str, owner: str, token: int) -> bool:
     """Give the lease up (after the final snapshot); False if it was not ours any more."""
     released: int | None = await conn.fetchval(
-        """UPDATE sessions SET owner = NULL, lease_expires_at = NULL
+        """UPDATE sessions SET owner = NULL, lease_expires_at = NULL, lease_released_at = now()
             WHERE id = $1 AND owner = $2 AND lease_token = $3
         RETURNING 1""",
         session_id, owner, token,
@@ -136,8 +160,10 @@ class Claim:
     target: str | None
 
 
-async def claim(conn: Conn, owner: str, ttl_s: float, limit: int) -> list[Claim]:
-    """Take up to `limit` registered sessions nobody owns (or whose owner's lease ran out).
+async def claim(conn: Conn, owner: str, ttl_s: float, limit: int,
+                handover_within_s: float = HANDOVER_WITHIN_DEFAULT_S) -> list[Claim]:
+    """Take up to `limit` registered sessions nobody owns (or whose owner's lease ran out);
+    the hand-over mark as in try_acquire.
 
     FOR UPDATE SKIP LOCKED: replicas claiming at the same moment pass each other by instead
     of waiting, and no session is given to two of them.
@@ -152,10 +178,11 @@ async def claim(conn: Conn, owner: str, ttl_s: float, limit: int) -> list[Claim]
                   FOR UPDATE SKIP LOCKED)
            UPDATE sessions s
               SET owner = $1, lease_token = s.lease_token + 1,
-                  lease_expires_at = now() + make_interval(secs => $2), updated_at = now()
+                  lease_expires_at = now() + make_interval(secs => $2), updated_at = now(),
+                  handover_started_at = """ + _KEEP_HANDOVER.format(t="s.", within="$4") + """
              FROM free WHERE s.id = free.id
         RETURNING s.id, s.lease_token, s.target""",
-        owner, ttl_s, limit,
+        owner, ttl_s, limit, handover_within_s,
     )
     return [Claim(r["id"], r["lease_token"], r["target"]) for r in rows]
 
