@@ -62,15 +62,29 @@ async def test_damaged_exports_change_nothing(
     wrong_tar = tmp_path / "other.tar"
     with tarfile.open(wrong_tar, "w") as tar:
         tar.add(profile.root / "Local State", arcname="Local State")
+    # A damaged member header reads as the end of the archive in stream mode, and so does a
+    # file cut where a member starts: what follows is simply not there. Importing into the
+    # session that holds every chunk, only the header's object count tells.
+    with tarfile.open(file) as tar:
+        middle = tar.getmembers()[len(tar.getmembers()) // 2]
+    header_flipped = tmp_path / "header-flipped.skx"
+    header_flipped.write_bytes(data[: middle.offset]
+                               + bytes(b ^ 0xFF for b in data[middle.offset : middle.offset + 64])
+                               + data[middle.offset + 64 :])
+    cut_at_member = tmp_path / "cut-at-member.skx"
+    cut_at_member.write_bytes(data[: middle.offset])
 
-    for bad in (truncated, flipped, not_tar, wrong_tar):
-        with pytest.raises(CorruptSnapshot):
-            await import_generation(pool, "src", bad)
+    for bad in (truncated, flipped, header_flipped, cut_at_member, not_tar, wrong_tar):
+        for session in ("src", "fresh"):
+            with pytest.raises(CorruptSnapshot):
+                await import_generation(pool, session, bad)
+    with pytest.raises(CorruptSnapshot, match=r"truncated export: \d+ of \d+ objects"):
+        await import_generation(pool, "src", cut_at_member)
     with pytest.raises(UserError):
         await import_generation(pool, "src", tmp_path / "missing.skx")
     async with pool.acquire() as conn:
-        gens = await repo.list_generations(conn, "src")
-    assert [g.generation for g in gens] == [1]
+        assert [g.generation for g in await repo.list_generations(conn, "src")] == [1]
+        assert await repo.list_generations(conn, "fresh") == []
 
 
 async def test_export_errors(pool: asyncpg.Pool, tmp_path: Path) -> None:

@@ -160,6 +160,15 @@ class _Reader:
         return out
 
 
+def _object_count(header: dict[str, Any]) -> int | None:
+    """How many chunk and list objects the export says it holds (`chunks` in the first
+    exports, before list objects), None if it does not say."""
+    count = header.get("objects", header.get("chunks"))
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return None
+    return count
+
+
 def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
     try:
         reader = _Reader(file)
@@ -169,6 +178,9 @@ def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
             raise CorruptSnapshot("it does not start with a sessionkeeper export header")
         if header.get("version") != EXPORT_VERSION:
             raise CorruptSnapshot(f"export version {header.get('version')} is not supported")
+        count = _object_count(header)
+        if count is None:
+            raise CorruptSnapshot("its header holds no object count")
         second = reader.next(_MAX_META)
         if not second or second[0] != MANIFEST_NAME:
             raise CorruptSnapshot("the manifest is missing")
@@ -205,12 +217,15 @@ async def import_generation(
     # A label the file may carry; anything else counts as unlabelled.
     login_state = header.get("login_state") if header.get("login_state") in (
         "ready", "qr", "logged_out") else None
-    progress.start("import", int(header.get("objects") or 0))
+    expected = _object_count(header) or 0
+    received = 0
+    progress.start("import", expected)
     try:
         async with pool.acquire() as conn:
             await repo.ensure_session(conn, session_id)
             async with repo.chunk_lock_shared(conn, session_id):
                 while batch := await anyio.to_thread.run_sync(reader.chunks, BATCH_CHUNKS):
+                    received += len(batch)
                     for d, codec, data in batch:
                         if d not in sizes:
                             raise CorruptSnapshot(f"chunk {d.hex()[:12]} is not in the manifest")
@@ -227,6 +242,12 @@ async def import_generation(
                     chunks_new += sum(1 for r in rows if r[0] not in doc.list_refs)
                     uploaded += sum(len(r[3]) for r in rows)
                     progress.advance(len(batch))
+                # A damaged member header or a file cut where a member starts reads as the
+                # end of the archive (stream mode): only the count tells what did not come.
+                if received < expected:
+                    raise CorruptSnapshot(f"truncated export: {received} of {expected} objects")
+                if received > expected:
+                    raise CorruptSnapshot(f"{received} objects, its header says {expected}")
                 if manifest is None:
                     raise CorruptSnapshot("list objects are missing")
                 latest = await repo.latest_generation(conn, session_id)

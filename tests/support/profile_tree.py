@@ -66,7 +66,9 @@ class ProfileTree:
 
     def add_blob(self, name: str, size: int) -> Path:
         """A stored file, as IndexedDB keeps Blobs: one file per blob under .blob/."""
-        rng = random.Random(hash((self.seed, name)) & 0xFFFF)
+        # A string seed, not hash(): str hashes change with PYTHONHASHSEED, and test data
+        # must be the same on every run.
+        rng = random.Random(f"{self.seed}/{name}")
         path = self.root / BLOBS / "1" / "00" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(payload(rng, size))
