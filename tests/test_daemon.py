@@ -106,7 +106,9 @@ def test_second_signal_exits_at_once(start: Callable[..., Daemon]) -> None:
     began = time.monotonic()
     code = daemon.wait_exit(10)
     assert code == -signal.SIGINT  # killed by the second signal, not a clean exit
-    assert time.monotonic() - began < 2
+    # Nothing of the ordered shutdown came after it (the bound only catches a hang).
+    assert not {"shutdown_completed", "lease_released"} & set(daemon.names())
+    assert time.monotonic() - began < 5
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -359,7 +361,9 @@ def test_killed_owner_is_replaced_within_the_ttl(
     killed = time.monotonic()
     acquired = new.wait_for("lease_acquired", 30)
     ttl = float(daemon_env["SESSIONKEEPER_LEASE_TTL"])
-    assert acquired["_t"] - killed <= ttl + 1.5  # the TTL plus one poll, with some slack
+    # The TTL plus one poll (0.5 s), with slack for a loaded 2-core machine; a missed
+    # expiry would take another TTL.
+    assert acquired["_t"] - killed <= ttl + 3
     new.wait_for("ready", 60)
     assert "qr_required" not in new.names()
     new.signal(signal.SIGTERM)

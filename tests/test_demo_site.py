@@ -200,6 +200,27 @@ async def wait_socket(page: Page, state: str) -> float:
     return time.monotonic() - t0
 
 
+# The page's own clock (performance.now(), ms) at every change of its screen
+# (body[data-state]), noted as it happens: a loaded test process does not shift it.
+STATE_TIMES = """
+window.__stateTimes = [];
+new MutationObserver(() => {
+  const state = document.body && document.body.dataset.state;
+  const last = window.__stateTimes[window.__stateTimes.length - 1];
+  if (state && (!last || last[0] !== state)) window.__stateTimes.push([state, performance.now()]);
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state"]});
+"""
+
+
+async def state_gap(page: Page, first: str, then: str) -> float:
+    """Milliseconds on the page's clock from the screen `first` to the next `then`
+    (STATE_TIMES must be installed)."""
+    times: list[list[Any]] = await page.evaluate("window.__stateTimes")
+    start = next(i for i, (state, _) in enumerate(times) if state == first)
+    end = next(t for state, t in times[start:] if state == then)
+    return float(end - times[start][1])
+
+
 async def events(page: Page) -> list[list[Any]]:
     result: list[list[Any]] = await page.evaluate("window.__events")
     return result
@@ -441,13 +462,13 @@ async def test_invalid_stored_creds_log_out(tmp_path: Path, chromium: Path) -> N
             "async () => (await demoInspect()).messages >= 3", polling=200)
         await page.evaluate(TAMPER_TOKEN)
 
+        await context.add_init_script(STATE_TIMES)
         await page.reload()
         await page.locator(LOGGED_OUT).wait_for()
-        shown_at = time.monotonic()
         assert await page.locator(QR).count() == 0
         await page.locator(QR).wait_for()
-        # The notice stays about two seconds before the QR replaces it.
-        assert 1.5 <= time.monotonic() - shown_at <= 5
+        # The notice stays two seconds before the QR replaces it (on the page's clock).
+        assert 2000 <= await state_gap(page, "logged-out", "qr") <= 5000
         assert await page.locator(LOGGED_OUT).count() == 0
         assert await page.locator(QR).get_attribute("data-ref") == site.current_payload
 
@@ -561,12 +582,13 @@ async def test_phone_offline_and_server_down_mean_timeout(tmp_path: Path,
 async def test_expired_qr_code_reloads(tmp_path: Path, chromium: Path) -> None:
     site = DemoSite(message_rate=0, qr_idle_after=2, qr_rotate_seconds=60)
     async with serving(site) as url, browser(tmp_path / "profile", chromium) as context:
+        await context.add_init_script(STATE_TIMES)
         page = await first_page(context)
         await page.goto(url)
         await wait_socket(page, "UNPAIRED")
-        started = time.monotonic()
         await wait_socket(page, "UNPAIRED_IDLE")
-        assert 1.5 <= time.monotonic() - started <= 5
+        # Idle after qr_idle_after (2 s) on the page's clock, not before.
+        assert 2000 <= await state_gap(page, "qr", "qr-idle") <= 5000
         assert await page.evaluate("document.body.dataset.state") == "qr-idle"
         reload = page.locator(QR_RELOAD)
         assert await reload.is_visible()

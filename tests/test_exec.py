@@ -133,7 +133,9 @@ def test_exec_stop_signals_and_exit_codes(exec_child: Callable[..., Daemon],
     stopped = stubborn.wait_for("child_exited")
     assert stopped["by"] == "SIGKILL after the stop timeout"
     done = stubborn.wait_for("shutdown_completed")
-    assert 2000 <= done["driver_stop_ms"] <= 3500
+    # Its share (2 s) waited in full, and the driver stopped within the shutdown timeout
+    # (4 s), so the final snapshot had the rest.
+    assert 2000 <= done["driver_stop_ms"] < 4000
     assert not wait_gone(profile)
 
     # A second signal ends the process at once, and the child's whole group with it.

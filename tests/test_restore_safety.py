@@ -19,11 +19,12 @@ from app.errors import CorruptSnapshot, NotFound
 from app.progress import NullProgress
 from app.snapshot.codec import FIXED_CHUNK_SIZE
 from app.snapshot.manifest import Manifest
+from app.snapshot.safepath import is_singleton
 from app.vault.manifests import open_manifest
 from app.vault.options import VaultOptions
 from app.vault.restore import materialize, restore_profile
 from app.vault.save import save_snapshot
-from tests.support.profile_tree import ProfileTree, tree_files
+from tests.support.profile_tree import IDB, ProfileTree, tree_files
 
 _part = st.sampled_from(["..", ".", "", "a", "b", "Singleton", "SingletonLock", "/", "..."])
 _path = st.lists(_part, min_size=1, max_size=4).map("/".join)
@@ -49,6 +50,11 @@ def test_hostile_manifest_never_escapes(files: list[str], dirs: list[str]) -> No
                    for p in created)
         assert not any(p.is_symlink() for p in created)
         assert not any(p.name.startswith("Singleton") and p.is_file() for p in created)
+        # What the manifest holds is there (an empty restore would pass the checks above).
+        for entry in manifest.files:
+            assert (target / entry.path).is_file() != is_singleton(entry.path), entry.path
+        for folder in manifest.dirs:
+            assert (target / folder.path).is_dir(), folder.path
 
 
 
@@ -72,7 +78,9 @@ async def test_corrupt_newest_generation_falls_back(
     pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path
 ) -> None:
     await save_snapshot(pool, "s1", profile.root, options)
-    good = {k: v for k, v in tree_files(profile.root).items()}
+    await restore_profile(pool, "s1", tmp_path / "one")
+    good = tree_files(tmp_path / "one")
+    assert "Local State" in good and any(k.startswith(IDB) for k in good)
     profile.add_blob("only-in-two", 70_000)
     await save_snapshot(pool, "s1", profile.root, options)
     await _corrupt_chunk_of(pool, "s1", 2)
@@ -84,7 +92,7 @@ async def test_corrupt_newest_generation_falls_back(
     events = [e for e in logs if e["event"] == "restore_generation_corrupt"]
     assert events and events[0]["generation"] == 2 and "chunk" in events[0]["reason"]
     restored = tree_files(tmp_path / "restored")
-    assert all(good[k] == v for k, v in restored.items())
+    assert restored == good  # all of generation 1 (an empty restore fails here)
     assert not any(".restore-" in p.name for p in tmp_path.iterdir())
 
     # Named explicitly, the damaged generation is an error, and the target is untouched.
