@@ -14,20 +14,33 @@ import multiprocessing as mp
 import random
 import shutil
 import sqlite3
+import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import plyvel
 import pytest
+import structlog
 
 import app.snapshot.staging as staging_mod
+import app.vault.inplace as inplace
+import app.vault.restore as restore_mod
 from app.snapshot.keep import KeepRules
-from app.snapshot.staging import capture, clear_stale_staging
+from app.snapshot.mounts import is_mount_point
+from app.snapshot.staging import capture, clear_stale_staging, work_dir_for
 from app.snapshot.validate import validate_tree
-from tests.support.profile_tree import BLOBS, IDB, SW_DB, SW_SCRIPTS, ProfileTree
+from app.vault.manifests import load_manifest
+from app.vault.options import VaultOptions
+from app.vault.restore import restore_profile
+from app.vault.save import save_snapshot
+from tests.support.profile_tree import BLOBS, IDB, SW_DB, SW_SCRIPTS, ProfileTree, tree_files
 
+pytestmark = pytest.mark.anyio
 SPAWN = mp.get_context("spawn")  # the writers are other processes, as Chromium's are
 
 
@@ -304,3 +317,180 @@ def test_a_torn_leveldb_capture_is_retried_until_valid(
     print("staged copies per capture:", attempts, reasons,
           f"in {time.monotonic() - filled:.1f} s")
     assert max(attempts) > 1, f"no capture was torn in {len(attempts)}: {attempts}"
+
+
+# --- item 3: a profile folder that is a mount point ------------------------------------------
+
+
+@pytest.fixture(params=["tmpfs", "bind"])
+def mount_point(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A real mount point at the profile path: a tmpfs (another filesystem, as a volume is),
+    or a bind mount of a folder of the same filesystem (os.path.ismount does not see it).
+    Skipped, with the reason, where this sandbox does not permit mounting."""
+    target = tmp_path / "mounted" / "profile"
+    target.mkdir(parents=True)
+    if request.param == "tmpfs":
+        cmd = ["mount", "-t", "tmpfs", "-o", "size=256m,mode=700", "sk-test", str(target)]
+    else:
+        volume = tmp_path / "volume"
+        volume.mkdir()
+        cmd = ["mount", "--bind", str(volume), str(target)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("no mount command here: a mount point cannot be made")
+    if done.returncode != 0:
+        pytest.skip(f"mounting is not permitted here ({done.stderr.strip()}): the restore "
+                    "into a mount point is not exercised")
+    try:
+        yield target
+    finally:
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def _profile_files(root: Path) -> dict[str, bytes]:
+    """The profile's files, without our work folder inside a mount point."""
+    return {k: v for k, v in tree_files(root).items() if not k.startswith(".sessionkeeper/")}
+
+
+async def test_a_profile_folder_that_is_a_mount_point_restores(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+        mount_point: Path) -> None:
+    """A volume at the profile path can be neither renamed nor exchanged (EBUSY). The restore
+    swaps its contents instead: the mount stays, what was in it goes, the generation is in it
+    exactly as a restore into a plain folder writes it, and a second restore works too."""
+    await save_snapshot(pool, "s", profile.root, options)
+    (mount_point / "Default").mkdir()
+    (mount_point / "Default" / "stale").write_bytes(b"from an older life")
+    (mount_point / "Local State").write_text("old")
+    result = await restore_profile(pool, "s", mount_point)
+    plain = tmp_path / "plain"
+    await restore_profile(pool, "s", plain)
+    assert result.generation == 1
+    assert is_mount_point(mount_point)
+    assert _profile_files(mount_point) == tree_files(plain)
+    # Our work folder holds the stat cache and nothing a crash would have to finish.
+    assert sorted(p.name for p in (mount_point / ".sessionkeeper").iterdir()) == \
+        ["stat-cache-s.json"]
+
+    profile.add_messages(40)
+    await save_snapshot(pool, "s", profile.root, options)
+    assert (await restore_profile(pool, "s", mount_point)).generation == 2
+    await restore_profile(pool, "s", plain)
+    assert _profile_files(mount_point) == tree_files(plain)
+
+
+async def test_a_mount_point_profile_is_staged_by_links_on_its_own_filesystem(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions,
+        mount_point: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staging beside a volume would be on another filesystem: the work folder of a mount
+    point is inside it, so tables are hard-linked and nothing says `staging_copying`."""
+    monkeypatch.setattr(staging_mod, "_said_copying", set(), raising=False)
+    shutil.copytree(profile.root, mount_point, dirs_exist_ok=True, symlinks=True)
+    assert work_dir_for(mount_point) == mount_point / ".sessionkeeper"
+    with structlog.testing.capture_logs() as logs:
+        first = await save_snapshot(pool, "s", mount_point, options)
+    assert first.changed and "staging_copying" not in [e["event"] for e in logs]
+    async with pool.acquire() as conn:
+        kept = [f.path for f in (await load_manifest(conn, "s", 1)).manifest.files]
+    assert kept and not any(p.startswith(".sessionkeeper") for p in kept)
+    assert sorted(kept) == sorted(f for f in _profile_files(mount_point)
+                                  if KeepRules().keeps(f))
+
+
+async def test_staging_on_another_filesystem_says_so_once(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A work folder on another filesystem than the profile: os.link fails with EXDEV and
+    every table is copied. It is said once, with the reason, not at every capture."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to stage on")
+    work = shm / f"sk-test-work-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(staging_mod, "_said_copying", set(), raising=False)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                profile.add_messages(20)
+                await save_snapshot(pool, "s", profile.root, options, work_dir=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    said = [e for e in logs if e["event"] == "staging_copying"]
+    assert len(said) == 1, said
+    assert "EXDEV" in said[0]["reason"] and said[0]["log_level"] == "warning"
+
+
+class Crash(BaseException):
+    """The process dies here (nothing after it runs, no clean-up)."""
+
+
+async def test_an_interrupted_swap_of_a_mount_point_is_finished_by_the_next_restore(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+        mount_point: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contents swap is not one rename: a crash can stop it at any step. Injected (named):
+    a crash at the n-th rename of the swap, for every n. The next restore either finds the old
+    profile untouched (before the commit point) or finishes the swap; either way it ends with
+    exactly the generation in the mount point, and nothing of ours left over."""
+    await save_snapshot(pool, "s", profile.root, options)
+    plain = tmp_path / "plain"
+    await restore_profile(pool, "s", plain)
+    want = tree_files(plain)
+    real_move = inplace._move
+    steps = 0
+    for crash_at in range(1, 40):
+        shutil.rmtree(mount_point / ".sessionkeeper", ignore_errors=True)
+        for entry in list(mount_point.iterdir()):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        old = {"Local State": b"old", "Default/stale": b"old", "Default/Cookies": b"old"}
+        for rel, data in old.items():
+            (mount_point / rel).parent.mkdir(parents=True, exist_ok=True)
+            (mount_point / rel).write_bytes(data)
+        moves = 0
+
+        def crashing_move(src: Path, dst: Path, at: int = crash_at) -> None:
+            nonlocal moves
+            moves += 1
+            if moves == at:
+                raise Crash(f"crash at rename {at}")
+            real_move(src, dst)
+
+        monkeypatch.setattr(inplace, "_move", crashing_move)
+        try:
+            await restore_profile(pool, "s", mount_point)
+        except Crash:
+            pass
+        else:
+            steps = crash_at - 1
+            break
+        monkeypatch.setattr(inplace, "_move", real_move)
+        # Before the commit point (the first rename) the old profile is untouched.
+        if crash_at == 1:
+            assert _profile_files(mount_point) == old
+        with structlog.testing.capture_logs() as logs:
+            await restore_profile(pool, "s", mount_point)
+        assert _profile_files(mount_point) == want, f"crash at rename {crash_at}"
+        assert sorted(p.name for p in (mount_point / ".sessionkeeper").iterdir()) == \
+            ["stat-cache-s.json"]
+        finished = [e for e in logs if e["event"] == "restore_swap_finished"]
+        assert len(finished) == (0 if crash_at == 1 else 1)
+    assert steps > 5, "the swap never ran to its end"
+
+
+async def test_a_mount_point_the_check_misses_is_restored_after_the_real_ebusy(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+        mount_point: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should is_mount_point miss a mount (patched here to say no, named as such), the rename
+    route meets the kernel's real EBUSY; nothing has changed then, and the tree is moved onto
+    the mount's filesystem and its contents swapped."""
+    await save_snapshot(pool, "s", profile.root, options)
+    (mount_point / "stale").write_text("old")
+    monkeypatch.setattr(restore_mod, "is_mount_point", lambda _path: False)
+    with structlog.testing.capture_logs() as logs:
+        await restore_profile(pool, "s", mount_point)
+    done = [e for e in logs if e["event"] == "restore_completed"]
+    assert done[0]["swapped"] == "contents_after_ebusy"
+    plain = tmp_path / "plain"
+    await restore_profile(pool, "s", plain)
+    assert _profile_files(mount_point) == tree_files(plain)
+    assert not list(mount_point.parent.glob(".profile.*"))

@@ -44,7 +44,9 @@ DROPPED_DIRS = frozenset({
 })
 # Files dropped wherever they appear, even under an include: lock files and LevelDB logs.
 DROPPED_FILES = frozenset({"LOCK", "LOG", "LOG.old", "History", "History-journal"})
-DROPPED_PREFIXES = ("Singleton", "BrowserMetrics")
+# Our own folder inside a profile that is a mount point (staging, stat cache, restore).
+WORK_DIR_NAME = ".sessionkeeper"
+DROPPED_PREFIXES = ("Singleton", "BrowserMetrics", WORK_DIR_NAME)
 
 SW_DATABASE = "Service Worker/Database"
 SW_SCRIPTS = "Service Worker/ScriptCache"

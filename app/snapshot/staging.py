@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.errors import CaptureInvalid
+from app.log import get_logger
 from app.snapshot.keep import (
     SW_DATABASE,
     SW_SCRIPTS,
+    WORK_DIR_NAME,
     KeepRules,
     in_service_worker,
     is_immutable,
     unpaired_service_workers,
 )
 from app.snapshot.manifest import DirEntry
+from app.snapshot.mounts import is_mount_point
 from app.snapshot.sqlite_copy import Unstable, copy_group, is_sqlite, members
 from app.snapshot.validate import Problem, validate_tree
 
@@ -35,6 +38,10 @@ STAGING_PREFIX = "staging-"
 # Tells this process's staging folders from those of an earlier process with the same pid
 # (containers often reuse the pid of the previous run).
 _PROCESS_TOKEN = uuid.uuid4().hex[:8]
+# Why a hard link can fail, for which staging copies the file instead.
+_LINK_FALLBACKS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
+# (profile device, staging device, errno) already reported: said once per process.
+_said_copying: set[tuple[int, int, int]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +82,12 @@ class StagedTree:
 
 
 def work_dir_for(profile: Path) -> Path:
-    """Sibling directory of the profile for staging and local caches (same filesystem)."""
+    """Directory for staging and local caches, on the profile's filesystem (hard links need
+    it): beside the profile, or inside it when the profile is a mount point (a volume), whose
+    parent is another filesystem."""
     profile = profile.absolute()
+    if is_mount_point(profile):
+        return profile / WORK_DIR_NAME
     return profile.parent / f".{profile.name}.sessionkeeper"
 
 
@@ -129,6 +140,22 @@ def _drop_unpaired(
             del dirs[rel]
 
 
+def _say_copying(src: Path, dst: Path, exc: OSError) -> None:
+    """Log, once per pair of filesystems, that files are copied where they would be linked:
+    every table and blob is then read and written again at each capture."""
+    try:
+        key = (src.stat().st_dev, dst.parent.stat().st_dev, exc.errno or 0)
+    except OSError:
+        return
+    if key in _said_copying:
+        return
+    _said_copying.add(key)
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    get_logger().warning(
+        "staging_copying", reason=f"os.link: {exc.strerror} ({name})", source=str(src),
+        staging=str(dst), note="tables and blobs are copied, not linked, at every capture")
+
+
 def _stage_file(src: Path, dst: Path, live: LiveStat, link: bool) -> bool:
     """Put one file into staging; False if it vanished meanwhile."""
     if link:
@@ -138,8 +165,9 @@ def _stage_file(src: Path, dst: Path, live: LiveStat, link: bool) -> bool:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            if exc.errno not in _LINK_FALLBACKS:
                 raise
+            _say_copying(src, dst, exc)
     try:
         shutil.copyfile(src, dst)
     except FileNotFoundError:

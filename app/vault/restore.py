@@ -1,9 +1,11 @@
 """Restore a generation into a fresh directory, check every chunk, then swap it into place.
 
 A half-restored profile is never launched: files are written into a new sibling directory and
-only a complete, verified tree replaces the profile, in one rename. Paths come from a checked
-manifest (relative, no '..'), files are created with O_EXCL|O_NOFOLLOW in a directory only we
-write to, and no link is ever created. Chromium's Singleton* lock files are never restored.
+only a complete, verified tree replaces the profile, in one rename (a profile folder that is a
+mount point cannot be renamed: its contents are swapped, see app/vault/inplace.py). Paths come
+from a checked manifest (relative, no '..'), files are created with O_EXCL|O_NOFOLLOW in a
+directory only we write to, and no link is ever created. Chromium's Singleton* lock files are
+never restored.
 When the newest generation is damaged, the previous one is used and the damage is logged.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 import time
@@ -27,11 +30,13 @@ from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.snapshot.codec import Decoder
 from app.snapshot.manifest import FileEntry, Manifest
+from app.snapshot.mounts import is_mount_point
 from app.snapshot.safepath import is_singleton
 from app.snapshot.staging import work_dir_for
 from app.store import repo
 from app.store.repo import Conn
 from app.tasks import task_group
+from app.vault.inplace import RESTORE_PREFIX, finish_interrupted_swap, swap_contents, work_area
 from app.vault.local_marker import LocalMarker
 from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS
@@ -219,12 +224,58 @@ def restore_order(generations: list[repo.GenerationInfo]) -> list[int]:
     return logged_in + [g.generation for g in generations if g.login_state == "qr"]
 
 
-def _clear_leftovers(profile: Path) -> None:
-    """Remove half-written trees of a restore or swap that was interrupted."""
+def _clear_leftovers(profile: Path) -> bool:
+    """Remove half-written trees of a restore or swap that was interrupted; finish a swap of
+    a mount point's contents that was past its commit point (True then)."""
     for prefix in (f".{profile.name}.restore-", f".{profile.name}.old-"):
         for path in profile.parent.glob(f"{prefix}*"):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
+    return profile.is_dir() and finish_interrupted_swap(profile)
+
+
+def _prepare(profile: Path) -> tuple[bool, bool]:
+    """Clear what an interrupted restore left; whether the profile is a mount point (restored
+    in place, through its work area), and whether an interrupted swap was finished."""
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    finished = _clear_leftovers(profile)
+    in_place = is_mount_point(profile)
+    if in_place:
+        work_area(profile).mkdir(exist_ok=True)
+    return in_place, finished
+
+
+def _fresh_dir(profile: Path, in_place: bool) -> Path:
+    tag = uuid.uuid4().hex[:8]
+    if in_place:
+        return work_area(profile) / f"{RESTORE_PREFIX}{tag}"
+    return profile.parent / f".{profile.name}.restore-{tag}"
+
+
+def _put_in_place(fresh: Path, profile: Path, in_place: bool) -> str:
+    """Swap the restored tree into place; says how: by 'rename', or by swapping 'contents'
+    (a mount point; 'contents_after_ebusy' for one is_mount_point did not recognise)."""
+    if in_place:
+        swap_contents(fresh, profile)
+        return "contents"
+    try:
+        swap_into_place(fresh, profile)
+        return "rename"
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    # Nothing was changed: the exchange and the rename both failed. The tree goes into the
+    # mount point's own filesystem (a copy) and its contents are swapped.
+    area = work_area(profile)
+    area.mkdir(exist_ok=True)
+    moved = area / f"{RESTORE_PREFIX}{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.move(fresh, moved)
+    except BaseException:
+        shutil.rmtree(moved, ignore_errors=True)
+        raise
+    swap_contents(moved, profile)
+    return "contents_after_ebusy"
 
 
 def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manifest) -> None:
@@ -256,8 +307,14 @@ async def restore_profile(
         raise UserError(f"cannot restore into {profile}: name a profile directory")
     if profile.exists() and not profile.is_dir():
         raise UserError(f"cannot restore into {profile}: it exists and is not a directory")
-    profile.parent.mkdir(parents=True, exist_ok=True)
-    await anyio.to_thread.run_sync(_clear_leftovers, profile)
+    try:
+        in_place, finished = await anyio.to_thread.run_sync(_prepare, profile)
+    except OSError as exc:
+        raise UserError(f"cannot prepare {profile} for a restore: "
+                        f"{exc.strerror or exc}") from None
+    if finished:
+        log.warning("restore_swap_finished", profile=str(profile),
+                    note="an interrupted restore into this mount point was completed")
     skipped: list[dict[str, Any]] = []
     async with pool.acquire() as conn, repo.chunk_lock_shared(conn, session_id):
         if not await repo.session_exists(conn, session_id):
@@ -274,7 +331,7 @@ async def restore_profile(
             if not candidates:
                 raise NotFound(f"session {session_id!r} has no snapshot yet")
         for gen in candidates:
-            fresh = profile.parent / f".{profile.name}.restore-{uuid.uuid4().hex[:8]}"
+            fresh = _fresh_dir(profile, in_place)
             try:
                 manifest = (await load_manifest(conn, session_id, gen)).manifest
                 await materialize(conn, session_id, manifest, fresh, progress)
@@ -294,13 +351,21 @@ async def restore_profile(
                 continue
             # Whatever the marker said of the profile on disk holds no more.
             LocalMarker.clear(profile, session_id)
-            await anyio.to_thread.run_sync(swap_into_place, fresh, profile)
+            try:
+                how = await anyio.to_thread.run_sync(_put_in_place, fresh, profile, in_place)
+            except OSError as exc:
+                # Local, like a full disk: no reason to try an older generation. A swap of a
+                # mount point's contents past its commit point is finished at the next restore.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
+                raise UserError(f"cannot put the restored profile in place at {profile}: "
+                                f"{exc.strerror or exc}") from None
             await anyio.to_thread.run_sync(_seed_cache, profile, session_id, gen, manifest)
             result = RestoreResult(session_id, gen, len(manifest.files), manifest.bytes_raw,
                                    int((time.monotonic() - started) * 1000), skipped,
                                    labels.get(gen))
             log.info("restore_completed", generation=gen, files=result.files,
-                     bytes=result.bytes_raw, duration_ms=result.duration_ms,
+                     bytes=result.bytes_raw, duration_ms=result.duration_ms, swapped=how,
                      skipped=[s["generation"] for s in skipped])
             return result
     raise CorruptSnapshot(
