@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -535,11 +536,20 @@ def test_twenty_rolling_deploys(tmp_path: Path, pg_server_url: str) -> None:
     out = tmp_path / "handover"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
     env["DATABASE_URL"] = pg_server_url
+    # Its profiles go to a temporary folder (tens of MB): gone when it is done. A short path:
+    # Chromium puts its singleton socket under TMPDIR, and socket paths are short.
+    tmp = Path(tempfile.mkdtemp(prefix="sk-hb-", dir="/tmp"))
+    env["TMPDIR"] = str(tmp)
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "scripts/bench_handover.py", "--cycles", "20",
-                           "--out", str(out)], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=900, check=False)
+    try:
+        proc = subprocess.run([sys.executable, "scripts/bench_handover.py", "--cycles", "20",
+                               "--out", str(out)], env=env, cwd=root, capture_output=True,
+                              text=True, timeout=900, check=False)
+        left = list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert left == []
     result = json.loads((out / "results.json").read_text())
     assert result["cycles"] == 20
     assert result["qr_shown"] == 0 and result["generations_lost"] == 0
