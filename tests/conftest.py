@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +25,22 @@ from app.store.migrate import migrate
 from app.vault.options import VaultOptions
 from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
 from tests.support.profile_tree import ProfileTree, build_profile
+
+
+def slow_tests_wanted(markexpr: str, environ: Mapping[str, str]) -> bool:
+    """Whether tests marked `slow` run: when SK_SLOW=1, or when -m names the marker (`-m slow`,
+    `-m "slow and chaos"`; `-m "not slow"` deselects them anyway)."""
+    return environ.get("SK_SLOW") == "1" or re.search(r"\bslow\b", markexpr) is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `slow` unless asked for (pyproject.toml documents the marker)."""
+    if slow_tests_wanted(str(config.getoption("markexpr") or ""), os.environ):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or SK_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 def _with_db(url: str, name: str) -> str:
