@@ -7,6 +7,7 @@ so replicas starting together share the sessions out.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -57,6 +58,7 @@ class Claimer:
         while True:
             free = self.settings.max_sessions - len(self.runners)
             try:
+                sent = time.monotonic()
                 async with pool.acquire() as conn:
                     # One at a time: replicas starting together share the sessions out.
                     claims = await leases.claim(conn, self.owner, self.settings.lease_ttl,
@@ -76,8 +78,8 @@ class Claimer:
                     async with pool.acquire() as conn:
                         await leases.release(conn, claim.session_id, self.owner, claim.token)
                     continue
-                runner.owner, runner.lease_token, runner.claimed = (
-                    self.owner, claim.token, True)
+                runner.owner, runner.claimed = self.owner, True
+                runner.took_lease(claim.token, sent)
                 runner.pool = pool  # one pool per replica; also lets shutdown release
                 runner.log.info("session_claimed", fencing_token=claim.token)
                 self.runners.append(runner)

@@ -40,3 +40,12 @@ class LeaseHeld(UserError):
 
 class SessionRemoved(Exception):
     """The session was unregistered (claim mode): stop it, take a final snapshot, hand it back."""
+
+
+class RestoreRejected(Exception):
+    """A restored logged-in generation came up asking for a QR code: the session restores the
+    previous logged-in generation instead (self-healing restore)."""
+
+    def __init__(self, generation: int) -> None:
+        super().__init__(f"generation {generation} came up asking for a QR code")
+        self.generation = generation

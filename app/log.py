@@ -8,6 +8,7 @@ the password part of any URL in a field.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -60,13 +61,53 @@ def _redact_processor(
     return event_dict
 
 
+class _NeverFails:
+    """A log stream whose writes never raise: a reader that went away (a log shipper that
+    died, a closed pipe) must not cost the final snapshot. After the first failure lines go
+    nowhere, and the stream's file descriptor is pointed at /dev/null, so the flush at exit
+    does not fail either."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):
+                self._break()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._break()
+
+    def isatty(self) -> bool:
+        return not self.broken and self.stream.isatty()
+
+    def _break(self) -> None:
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["json", "console"] = "json",
     stream: TextIO | None = None,
 ) -> None:
     """Set up structlog once per process; the stream is stdout for the daemon, stderr for CLI."""
-    out = stream if stream is not None else sys.stdout
+    out: Any = _NeverFails(stream if stream is not None else sys.stdout)
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)

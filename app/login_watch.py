@@ -54,6 +54,10 @@ class WatchedSession(Protocol):
     async def ready_reached(self) -> None:
         """The session is ready (time the hand-over, once)."""
 
+    async def restore_rejected(self, generation: int) -> None:
+        """A restored logged-in generation asks for a QR code: raise RestoreRejected when an
+        older logged-in generation is to be tried instead; return when none is left."""
+
 
 class LoginWatch:
     """The login state of one session, and the bookkeeping around it."""
@@ -172,6 +176,10 @@ class LoginWatch:
         seen_logout: str | None = "logout" if seen.logout else None
         if (state is LoginState.QR_REQUIRED and self._first_after_restore
                 and self.restored is not None):
+            if not seen.logout:
+                # Maybe a torn capture rather than a logout: an older logged-in generation
+                # is tried first (this raises RestoreRejected when one is).
+                await self.session.restore_rejected(self.restored)
             state = LoginState.LOGGED_OUT  # unlinked from the phone while we were away
             seen_logout = "qr code after restoring a logged-in generation"
         if state is not LoginState.CONNECTING:  # loading comes first, whatever follows

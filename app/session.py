@@ -16,6 +16,8 @@ SESSIONKEEPER_SHUTDOWN_TIMEOUT, and the lease is released for the next owner.
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -26,7 +28,7 @@ import asyncpg
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     wait_exponential,
 )
 
@@ -38,6 +40,7 @@ from app.errors import (
     DatabaseUnavailable,
     LeaseLost,
     NotFound,
+    RestoreRejected,
     SessionRemoved,
 )
 from app.events import EventLog
@@ -55,25 +58,67 @@ from app.vault.restore import restore_order, restore_profile
 from app.vault.save import Label, LabelFn, SaveResult, save_snapshot
 from app.webhook import Webhook
 
-# What a database outage looks like from asyncpg: retried with backoff, never fatal.
+# What a database outage looks like from asyncpg: retried with backoff, never fatal. A plain
+# OSError counts only when it names no file and no local errno (see is_database_error): a
+# full disk or a missing folder is no outage, and is reported for what it is.
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable,
              TimeoutError, asyncio.TimeoutError)
+# Errors of the local machine that come without a file name (a write to a full disk):
+# asyncpg's socket errors carry no file name either, whatever their errno (ENOENT for a
+# missing unix socket), while a file operation of our own names its file.
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
+                           errno.EROFS, errno.EIO, errno.ENOMEM})
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """True for an error of the database or the network to it (retried, `degraded`); False
+    for a local one (a full disk, a missing folder), which is an error in its own right."""
+    if isinstance(exc, ConnectionError | socket.gaierror | TimeoutError | asyncio.TimeoutError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.filename is None and exc.errno not in _LOCAL_ERRNOS
+    return isinstance(exc, DB_ERRORS)
+
+
 # Of SESSIONKEEPER_SHUTDOWN_TIMEOUT, what a child may take to exit before it is killed leaves
 # this much (at most 10 s) for the final snapshot.
 FINAL_SNAPSHOT_SHARE = 0.4
 FINAL_SNAPSHOT_MAX_S = 10.0
 # The longest a lost lease waits for the driver to stop (Chromium closing, a child's exit).
 ABANDON_TIMEOUT_S = 10.0
+# Beyond its budget, what a driver's stop is given before it is left behind.
+DRIVER_STOP_GRACE_S = 3.0
+
+
+def close_reserve(timeout: float) -> float:
+    """Of the shutdown timeout, what is kept for closing the pool, the webhook and the HTTP
+    server after the sessions have shut down."""
+    return min(2.0, timeout * 0.1)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as one short line for a log field (its type when it has no message)."""
+    exc = _leaf(exc)
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first error inside (nested) exception groups: what actually went wrong."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def retrying(log: Any, event: str, max_wait: float = 60.0) -> AsyncRetrying:
     """Retry database errors with exponential backoff, logging each retry as `event`."""
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(event, attempt=state.attempt_number, reason=str(exc)[:300],
+        log.warning(event, attempt=state.attempt_number,
+                    reason=_reason(exc) if exc else None,
                     retry_in_s=round(state.upcoming_sleep, 1))
 
-    return AsyncRetrying(retry=retry_if_exception_type(DB_ERRORS),
+    return AsyncRetrying(retry=retry_if_exception(is_database_error),
                          wait=wait_exponential(multiplier=1, min=1, max=max_wait),
                          before_sleep=before_sleep, reraise=True)
 
@@ -105,6 +150,8 @@ class SessionRunner:
         self.lease_deadline = 0.0
         # The profile on disk was kept at the last restore (newer than the database).
         self.local_kept = False
+        # Self-healing restores done since this process started (restore_rejected).
+        self.fallbacks_used = 0
         self.other_holder: str | None = None  # who holds the lease while this one waits
         # Claim mode: the lease was claimed for this runner; when it is lost or the session is
         # removed, the runner ends instead of waiting (the claim loop decides what runs).
@@ -232,6 +279,12 @@ class SessionRunner:
                                reason=str(group.exceptions[0])[:300])
                 self.lease_token = None
                 self.reset_login()
+            except* RestoreRejected:
+                # The lease stays ours: restore the previous logged-in generation and go on.
+                with anyio.move_on_after(ABANDON_TIMEOUT_S):
+                    await self.driver.abandon()
+                LocalMarker.clear(self.profile, self.session_id)
+                self.reset_login()
             except* SessionRemoved:
                 self.log.info("session_removed")
                 await self.shutdown()  # final snapshot, then the lease goes back
@@ -265,10 +318,15 @@ class SessionRunner:
                 self.log.info("waiting_for_lease", holder=held.owner,
                               expires_in_s=round(held.expires_in_s or 0, 1))
             await anyio.sleep(min(0.5, ttl / 3))
-        self.lease_token, self.other_holder = token, None
-        self.lease_deadline = sent + ttl - self.lease_margin
+        self.took_lease(token, sent)
         self.log.info("lease_acquired", fencing_token=token, owner=self.owner,
                       waited_ms=int((time.monotonic() - waited) * 1000))
+
+    def took_lease(self, token: int, sent: float) -> None:
+        """This process holds the lease now (acquired here, or claimed by the claim loop):
+        it runs for a TTL from `sent`, when the query that took it was sent."""
+        self.lease_token, self.other_holder = token, None
+        self.lease_deadline = sent + self.settings.lease_ttl - self.lease_margin
 
     @property
     def lease_margin(self) -> float:
@@ -296,8 +354,7 @@ class SessionRunner:
                                             self.lease_token, ttl)
             except DB_ERRORS as exc:
                 self.degraded = True
-                self.log.warning("lease_renewal_failed", reason=str(exc)[:300] or
-                                 type(exc).__name__)
+                self.log.warning("lease_renewal_failed", reason=_reason(exc))
                 continue
             if ok is False:
                 raise LeaseLost("another process took the lease")
@@ -377,7 +434,7 @@ class SessionRunner:
         try:
             LocalMarker(self.session_id, generation, self.lease_token, label).write(self.profile)
         except OSError as exc:
-            self.log.warning("local_marker_failed", reason=str(exc)[:300])
+            self.log.warning("local_marker_failed", reason=_reason(exc))
 
     # ------------------------------------------------------------------ run
 
@@ -400,6 +457,37 @@ class SessionRunner:
         """Ready: time the hand-over from the previous owner, once."""
         await self._log_handover()
 
+    async def restore_rejected(self, generation: int) -> None:
+        """Self-healing restore: the logged-in generation just restored asks for a QR code
+        (a torn or incomplete capture, or a real logout). While SESSIONKEEPER_RESTORE_FALLBACKS
+        allows and an older logged-in generation exists, mark this one (kept, never restored
+        again) and raise RestoreRejected: serve() restores the older one. Returns when there
+        is none to try, and the watch declares the logout."""
+        if self.pool is None or self.lease_token is None or \
+                self.fallbacks_used >= self.settings.restore_fallbacks:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                generations = await repo.list_generations(conn, self.session_id)
+                labels = {g.generation: g.login_state for g in generations}
+                older = next((g for g in restore_order(generations)
+                              if g != generation and labels[g] in (None, "ready")), None)
+                if older is None:
+                    return
+                marked = await repo.mark_restore_failed(conn, self.session_id, generation,
+                                                        self.owner, self.lease_token)
+        except DB_ERRORS as exc:
+            self.log.warning("restore_fallback_failed", generation=generation,
+                             reason=_reason(exc))
+            return
+        if not marked:
+            return
+        self.fallbacks_used += 1
+        self.log.warning("restore_fallback", generation=generation, next_generation=older,
+                         attempt=self.fallbacks_used, of=self.settings.restore_fallbacks,
+                         reason="a qr code after restoring a logged-in generation")
+        raise RestoreRejected(generation)
+
     async def mark_logged_out(self) -> list[int]:
         """The phone unlinked the device: no logged-in generation may be restored again.
         Fenced by the lease; best effort while the database is away (none marked)."""
@@ -411,7 +499,7 @@ class SessionRunner:
                                                     self.lease_token)
                 await self._read_snapshot_facts(conn)
         except DB_ERRORS as exc:
-            self.log.warning("mark_logged_out_failed", reason=str(exc)[:300])
+            self.log.warning("mark_logged_out_failed", reason=_reason(exc))
             return []
         return marked
 
@@ -424,11 +512,13 @@ class SessionRunner:
             result = await self.snapshot("login")
             self.log.info("login_checkpoint", generation=result.generation if result else None,
                           duration_ms=int((time.monotonic() - started) * 1000))
-        except DB_ERRORS as exc:
-            self.degraded = True
-            self.log.warning("login_checkpoint_deferred", reason=str(exc)[:300])
-        except CaptureInvalid as exc:
-            self.log.error("snapshot_failed", kind="login", reason=str(exc))
+        except (*DB_ERRORS, CaptureInvalid) as exc:
+            if is_database_error(exc):
+                self.degraded = True
+                self.log.warning("login_checkpoint_deferred", reason=_reason(exc))
+            else:
+                self.log.error("snapshot_failed", kind="login", reason=_reason(exc),
+                               error=type(_leaf(exc)).__name__)
         await self.driver.resume(self)
 
     async def snapshot_loop(self) -> None:
@@ -449,11 +539,13 @@ class SessionRunner:
                     with attempt:
                         try:
                             await self.snapshot("periodic")
-                        except DB_ERRORS:
-                            self.degraded = True
+                        except DB_ERRORS as exc:
+                            if is_database_error(exc):
+                                self.degraded = True
                             raise
-            except CaptureInvalid as exc:
-                self.log.error("snapshot_failed", kind="periodic", reason=str(exc))
+            except (CaptureInvalid, OSError) as exc:  # local: the next interval tries again
+                self.log.error("snapshot_failed", kind="periodic", reason=_reason(exc),
+                               error=type(_leaf(exc)).__name__)
 
     def _label(self) -> Label | LabelFn:
         """What the next snapshot is labelled with: the page's state (run), or the login key
@@ -494,7 +586,7 @@ class SessionRunner:
                     async with self.pool.acquire() as conn:
                         await self._read_snapshot_facts(conn)
                 except DB_ERRORS as exc:  # committed all the same; the page catches up later
-                    self.log.warning("snapshot_facts_unavailable", reason=str(exc)[:300])
+                    self.log.warning("snapshot_facts_unavailable", reason=_reason(exc))
             return result
 
     async def _read_snapshot_facts(self, conn: Any) -> None:
@@ -510,13 +602,20 @@ class SessionRunner:
         timeout = self.settings.shutdown_timeout
         return timeout - min(FINAL_SNAPSHOT_MAX_S, timeout * FINAL_SNAPSHOT_SHARE)
 
-    async def shutdown(self, signal_name: str | None = None) -> bool:
-        """Stop the driver, take the final snapshot; shielded and bounded. True when done."""
+    async def shutdown(self, signal_name: str | None = None,
+                       since: float | None = None) -> bool:
+        """Stop the driver, take the final snapshot, release the lease; shielded, and every
+        step bounded so that all of it fits in SESSIONKEEPER_SHUTDOWN_TIMEOUT counted from
+        `since` (when the stop signal came; default now), less a reserve for closing the
+        pool and the webhook. True when the final snapshot (if any was due) landed."""
         started = time.monotonic()
+        deadline = (since or started) + self.settings.shutdown_timeout - close_reserve(
+            self.settings.shutdown_timeout)
         self.log.info("shutdown_started", state=self.state.value, signal=signal_name)
         result: SaveResult | None = None
+        failed = False
         stopped_ms = 0
-        with anyio.move_on_after(self.settings.shutdown_timeout, shield=True) as scope:
+        with anyio.move_on_after(max(0.0, deadline - started), shield=True) as scope:
             held = self.pool is not None and self.lease_token is not None
             if held:
                 # The lease must outlast the shutdown: a final snapshot within the timeout
@@ -524,24 +623,33 @@ class SessionRunner:
                 await self._lease_call(leases.mark_handover,
                                        self.settings.shutdown_timeout + self.settings.lease_ttl)
             stopping = time.monotonic()
-            await self.driver.stop(signal_name, self.driver_stop_budget())
+            # The driver keeps to its budget (a child is killed at its end); this bounds a
+            # driver that does not.
+            with anyio.move_on_after(self.driver_stop_budget() + DRIVER_STOP_GRACE_S):
+                await self.driver.stop(signal_name, self.driver_stop_budget())
             stopped_ms = int((time.monotonic() - stopping) * 1000)
             if self.driver.ran and held:
                 try:
                     result = await self.snapshot("shutdown")
                 except (*DB_ERRORS, CaptureInvalid, LeaseLost) as exc:
-                    self.log.error("final_snapshot_failed", reason=str(exc)[:300])
+                    failed = True
+                    self.log.error("final_snapshot_failed", reason=_reason(exc),
+                                   error=type(_leaf(exc)).__name__)
             if held and await self._lease_call(leases.release):
                 self.log.info("lease_released", fencing_token=self.lease_token)
+        if scope.cancelled_caught:
+            self.log.error("shutdown_timeout", timeout_s=self.settings.shutdown_timeout,
+                           step="final snapshot" if stopped_ms else "driver stop")
+        # Whatever happened above, nothing of the driver is left behind (bounded too).
+        with anyio.move_on_after(max(1.0, deadline - time.monotonic()), shield=True):
             await self.driver.close()
         if scope.cancelled_caught:
-            self.log.error("shutdown_timeout", timeout_s=self.settings.shutdown_timeout)
             return False
         self.log.info("shutdown_completed", duration_ms=int((time.monotonic() - started) * 1000),
                       driver_stop_ms=stopped_ms,
                       generation=result.generation if result else None,
                       changed=result.changed if result else False)
-        return True
+        return not failed
 
     async def _still_registered(self) -> bool:
         assert self.pool is not None
@@ -555,10 +663,10 @@ class SessionRunner:
         """A lease operation of ours, best effort (the database may be away at shutdown)."""
         assert self.pool is not None and self.lease_token is not None
         try:
-            async with self.pool.acquire() as conn:
+            async with bounded(self.pool, self.lease_query_timeout) as conn:
                 return await call(conn, self.session_id, self.owner, self.lease_token, *args)
         except DB_ERRORS as exc:
-            self.log.warning("lease_call_failed", call=call.__name__, reason=str(exc)[:300])
+            self.log.warning("lease_call_failed", call=call.__name__, reason=_reason(exc))
             return None
 
     async def _log_handover(self) -> None:
@@ -595,8 +703,12 @@ async def keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bo
                 return
         except Exception as exc:
             if not isolate:
+                # The caller still runs the shutdown path: final snapshot, lease released.
+                runner.log.error("session_failed", reason=_reason(exc),
+                                 error=type(_leaf(exc)).__name__, retry_in_s=None)
                 raise
-            runner.log.error("session_failed", reason=repr(exc)[:300], retry_in_s=delay)
+            runner.log.error("session_failed", reason=_reason(exc), error=type(_leaf(exc)).__name__,
+                             retry_in_s=delay)
             await runner.driver.abandon()
             runner.lease_token = None
             runner.reset_login()

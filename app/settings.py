@@ -72,6 +72,7 @@ ACCEPTS: dict[str, str] = {
     "connecting_reload_after": "a number of seconds > 0",
     "unknown_after": "a number of seconds > 0",
     "login_settle": "a number of seconds >= 0",
+    "restore_fallbacks": "an integer from 0 to 20",
     "pairing_phone": "a phone number in international form: + and 7 to 15 digits",
 }
 
@@ -250,6 +251,12 @@ class Settings(BaseSettings):
         default=10.0, ge=0,
         description="Seconds a fresh login read from the DOM (no site state to say it has "
         "synced) stays ready before its checkpoint.",
+    )
+    restore_fallbacks: int = Field(
+        default=3, ge=0, le=20,
+        description="A restored logged-in generation that comes up asking for a QR code is "
+        "marked and the previous logged-in one restored instead, this many times at most "
+        "per boot, before the session is declared logged out.",
     )
     pairing_phone: str | None = Field(
         default=None, pattern=r"^\+?[0-9]{7,15}$",

@@ -39,7 +39,7 @@ from app.http import HttpServer, build_app
 from app.log import get_logger
 from app.login_state import LoginState
 from app.metrics import Metrics
-from app.session import SessionRunner, keep_session
+from app.session import SessionRunner, close_reserve, keep_session
 from app.settings import Settings
 from app.status import StatusBoard
 from app.targets import WHATSAPP, Target, custom_target, demo_target, demo_url, login_key_for
@@ -193,12 +193,20 @@ class _StopSignal:
     def __init__(self, log: Any) -> None:
         self.event = anyio.Event()
         self.name: str | None = None
+        self.at: float | None = None  # monotonic time of the signal: the shutdown counts from it
         self.log = log
 
     def __call__(self, name: str) -> None:
         self.log.info("signal_received", signal=name)
         self.name = name
+        self.at = time.monotonic()
         self.event.set()
+
+    def close_budget(self, settings: Settings) -> float:
+        """Seconds left for closing the pool, webhook and HTTP server: the rest of the
+        shutdown timeout counted from the signal (at least the reserve kept for it)."""
+        end = (self.at or time.monotonic()) + settings.shutdown_timeout
+        return max(close_reserve(settings.shutdown_timeout), end - time.monotonic())
 
     async def cancel_on_signal(self, scope: anyio.CancelScope) -> None:
         """Cancel scope once a stop signal came."""
@@ -260,23 +268,37 @@ async def run_daemon(settings: Settings) -> int:
         if token is None:
             log.warning("status_page_unprotected", port=settings.port,
                         fix="set SESSIONKEEPER_HTTP_TOKEN: the page shows the login QR code")
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
-            if settings.max_sessions is not None:
-                tg.start_soon(claimer.run, stack, tg)
-            else:
-                for runner in runners:
-                    tg.start_soon(runner.driver.prepare)
-                    tg.start_soon(keep_session, runner, stack, len(runners) > 1)
+        failed = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
+                if settings.max_sessions is not None:
+                    tg.start_soon(claimer.run, stack, tg)
+                else:
+                    for runner in runners:
+                        tg.start_soon(runner.driver.prepare)
+                        tg.start_soon(keep_session, runner, stack, len(runners) > 1)
+        except Exception:
+            failed = True
         results: list[bool] = []
 
         async def shut(runner: SessionRunner) -> None:
-            results.append(await runner.shutdown(stop.name))
+            results.append(await runner.shutdown(stop.name, stop.at))
 
         async with anyio.create_task_group() as tg:
             for runner in runners:
                 tg.start_soon(shut, runner)
-    return 0 if all(results) else 1
+        await _close_bounded(stack, stop.close_budget(settings))
+    return 1 if failed or not all(results) else 0
+
+
+async def _close_bounded(stack: AsyncExitStack, seconds: float) -> None:
+    """Close what the stack holds (pool, webhook, HTTP server, demo site) within seconds:
+    a database that stopped answering must not hold the process past its shutdown timeout."""
+    with anyio.move_on_after(seconds, shield=True) as scope:
+        await stack.aclose()
+    if scope.cancelled_caught:
+        get_logger().warning("close_timeout", seconds=round(seconds, 1))
 
 
 async def run_exec(settings: Settings, command: Sequence[str]) -> int:
@@ -300,16 +322,21 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
                                await _start_webhook(settings, stack))
         log.info("exec_started", command=list(command), profile=str(profile),
                  login_item=f"{login_key.key} on {login_key.origin}" if login_key else None)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
+        failed = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
 
-            async def serve() -> None:
-                await keep_session(runner, stack, isolate=False)
-                tg.cancel_scope.cancel()  # the child ended by itself
+                async def serve() -> None:
+                    await keep_session(runner, stack, isolate=False)
+                    tg.cancel_scope.cancel()  # the child ended by itself
 
-            tg.start_soon(serve)
-        done = await runner.shutdown(stop.name)
-    if driver.exit_code is not None:
+                tg.start_soon(serve)
+        except Exception:
+            failed = True
+        done = await runner.shutdown(stop.name, stop.at)
+        await _close_bounded(stack, stop.close_budget(settings))
+    if driver.exit_code is not None and not failed:
         return driver.exit_code
-    return 0 if done else 1
+    return 0 if done and not failed else 1
 

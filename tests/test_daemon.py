@@ -280,7 +280,9 @@ def test_handover_to_a_waiting_process(start: Callable[..., Daemon],
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     old = start()
     login(old, demo_port)
-    new = start(PORT=str(free_port()))  # each container has its own network
+    # Each container has its own network and its own disk.
+    new = start(PORT=str(free_port()),
+                SESSIONKEEPER_PROFILE_DIR=daemon_env["SESSIONKEEPER_PROFILE_DIR"] + "-b")
     waiting = new.wait_for("waiting_for_lease", 60)
     assert waiting["holder"] and f"-{old.proc.pid}-" in waiting["holder"]
     assert "browser_started" not in new.names()
@@ -379,9 +381,17 @@ def test_several_sessions_in_one_process(start: Callable[..., Daemon],
     daemon = start(SESSIONKEEPER_SESSION_IDS="alpha,beta")
     for sid in ("alpha", "beta"):
         daemon.wait_for("qr_required", 60, session_id=sid)
-    assert link_demo(demo_port)["linked"]  # both pages show the demo site's one code
+    # Both pages show the demo site's current code; one that rotated in between (a slow
+    # machine) is approved on the next round.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+            any(e.get("event") == "login_checkpoint" and e.get("session_id") == sid
+                for e in daemon.events) for sid in ("alpha", "beta")):
+        with contextlib.suppress(OSError, urllib.error.HTTPError):
+            link_demo(demo_port)
+        time.sleep(1)
     for sid in ("alpha", "beta"):
-        daemon.wait_for("login_checkpoint", 60, session_id=sid)
+        daemon.wait_for("login_checkpoint", 1, session_id=sid)
     code, body = daemon.readyz()
     assert code == 200 and {s["session_id"] for s in body["sessions"]} == {"alpha", "beta"}
     profile = Path(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
@@ -397,8 +407,10 @@ def test_several_sessions_in_one_process(start: Callable[..., Daemon],
         if alpha or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert len(alpha) == 1
-    os.kill(alpha[0], signal.SIGKILL)
+    assert alpha, "alpha's Chromium not found"
+    for pid in alpha:  # (the one the checkpoint closed may still be on its way out)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     daemon.wait_for("browser_restarted", 60, session_id="alpha", reason="crash")
     crashed = [e["session_id"] for e in daemon.events if e.get("event") == "browser_crashed"]
     assert crashed == ["alpha"]

@@ -27,6 +27,7 @@ class RecordingSession:
         self.checkpoints = 0
         self.marked: list[int] = [3, 4]
         self.marks = 0
+        self.rejected: list[int] = []
 
     async def act(self, action: str, arg: str | None = None) -> str | None:
         self.actions.append((action, arg))
@@ -41,6 +42,9 @@ class RecordingSession:
 
     async def ready_reached(self) -> None:
         pass
+
+    async def restore_rejected(self, generation: int) -> None:
+        self.rejected.append(generation)  # no older generation to try: the watch goes on
 
 
 class Lines:
@@ -80,6 +84,8 @@ async def test_a_qr_code_as_the_first_screen_after_a_restored_login_is_a_logout(
     await watch.observe(wa("OPENING"))  # loading comes first and decides nothing
     assert watch.state is LoginState.CONNECTING and not lines.events("logged_out")
     await watch.observe(wa("UNPAIRED", payload="2@abc"))
+    # An older logged-in generation is asked for first (self-healing restore); none is left.
+    assert session.rejected == [7]
     assert watch.state is LoginState.LOGGED_OUT and session.marks == 1
     out = lines.events("logged_out")[0]
     assert out["generation"] == 7 and out["generations_marked"] == [3, 4]

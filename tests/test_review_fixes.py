@@ -134,3 +134,28 @@ def test_the_final_snapshot_lands_when_shutdown_outlasts_the_lease(
         first.kill_all()
         if second is not None:
             second.kill_all()
+
+
+async def test_a_generation_pruned_during_restore_is_skipped_not_a_new_session(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention deletes the newest generation between the restore's list and its manifest
+    read (the race is forced by deleting it at that moment: injected, named as such). The
+    restore takes the next generation; it never reports the session as new."""
+    await save_snapshot(pool, "s", profile.root, options)
+    profile.add_messages(30)
+    await save_snapshot(pool, "s", profile.root, options)
+    real_load = restore_mod.load_manifest
+    raced: list[int] = []
+
+    async def load_after_prune(conn: asyncpg.Connection, session_id: str, gen: int) -> object:
+        if not raced:
+            raced.append(gen)
+            await conn.execute("DELETE FROM snapshots WHERE session_id = $1 AND generation = $2",
+                               session_id, gen)
+        return await real_load(conn, session_id, gen)
+
+    monkeypatch.setattr(restore_mod, "load_manifest", load_after_prune)
+    result = await restore_profile(pool, "s", tmp_path / "restored")
+    assert raced == [2] and result.generation == 1
+    assert result.skipped and result.skipped[0]["generation"] == 2

@@ -16,6 +16,9 @@ from app.errors import ConfigError, DatabaseUnavailable
 from app.log import get_logger, register_secret
 from app.settings import Settings
 
+# The longest a pool is given to close its connections gracefully.
+POOL_CLOSE_S = 3.0
+
 
 def describe_url(url: str) -> str:
     """host:port/database of a URL, without user or password, for messages."""
@@ -120,4 +123,9 @@ async def open_pool(
     try:
         yield pool
     finally:
-        await pool.close()
+        # A database that stopped answering must not hold the process: close gracefully
+        # for a moment, then drop the connections.
+        with anyio.move_on_after(POOL_CLOSE_S, shield=True) as scope:
+            await pool.close()
+        if scope.cancelled_caught:
+            pool.terminate()

@@ -48,6 +48,8 @@ class GenerationInfo:
     chunks_new: int
     chunks_reused: int
     duration_ms: int
+    # Restored, it asked for a QR code although captured logged in: never restored again.
+    restore_failed_at: datetime | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Plain fields for --json output."""
@@ -59,12 +61,14 @@ class GenerationInfo:
             "bytes_uploaded": self.bytes_uploaded, "chunks_total": self.chunks_total,
             "chunks_new": self.chunks_new, "chunks_reused": self.chunks_reused,
             "duration_ms": self.duration_ms,
+            "restore_failed": self.restore_failed_at is not None,
         }
 
 
 _GEN_COLUMNS = (
     "session_id, generation, created_at, kind, login_state, content_digest, files, bytes_raw, "
-    "bytes_stored, bytes_uploaded, chunks_total, chunks_new, chunks_reused, duration_ms"
+    "bytes_stored, bytes_uploaded, chunks_total, chunks_new, chunks_reused, duration_ms, "
+    "restore_failed_at"
 )
 
 
@@ -350,7 +354,8 @@ async def has_logged_in_generation(conn: Conn, session_id: str) -> bool:
     page and not marked logged out."""
     found: bool = await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM snapshots WHERE session_id = $1 "
-        "AND (login_state IS NULL OR login_state = 'ready'))", session_id)
+        "AND (login_state IS NULL OR login_state = 'ready') AND restore_failed_at IS NULL)",
+        session_id)
     return found
 
 
@@ -367,3 +372,17 @@ async def mark_logged_out(conn: Conn, session_id: str, owner: str,
         RETURNING generation""",
         session_id, owner, lease_token)
     return sorted(int(r["generation"]) for r in rows)
+
+
+async def mark_restore_failed(conn: Conn, session_id: str, generation: int, owner: str,
+                              token: int) -> bool:
+    """Mark a generation that came up asking for a QR code although it was captured logged
+    in; restore skips it from now on. Fenced by the lease (owner and token)."""
+    done: str = await conn.execute(
+        """UPDATE snapshots s SET restore_failed_at = now()
+             FROM sessions x
+            WHERE s.session_id = $1 AND s.generation = $2 AND x.id = s.session_id
+              AND x.owner = $3 AND x.lease_token = $4""",
+        session_id, generation, owner, token,
+    )
+    return done != "UPDATE 0"

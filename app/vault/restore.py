@@ -219,9 +219,11 @@ def swap_into_place(fresh: Path, target: Path) -> None:
 def restore_order(generations: list[repo.GenerationInfo]) -> list[int]:
     """Newest first, but a snapshot taken while the page showed a QR code never comes before
     a logged-in (or unlabelled, manual) one: a QR-state profile is no login to go back to.
-    A generation marked logged out (the phone unlinked the device) never comes back."""
-    logged_in = [g.generation for g in generations if g.login_state in (None, "ready")]
-    return logged_in + [g.generation for g in generations if g.login_state == "qr"]
+    A generation marked logged out (the phone unlinked the device) never comes back, nor one
+    that came up asking for a QR code although captured logged in (restore_failed_at)."""
+    usable = [g for g in generations if g.restore_failed_at is None]
+    logged_in = [g.generation for g in usable if g.login_state in (None, "ready")]
+    return logged_in + [g.generation for g in usable if g.login_state == "qr"]
 
 
 def _clear_leftovers(profile: Path) -> bool:
@@ -342,6 +344,14 @@ async def restore_profile(
                     await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
                 raise UserError(f"cannot write the profile beside {profile}: "
                                 f"{exc.strerror or exc}; nothing was replaced") from None
+            except NotFound as exc:
+                if generation is not None:
+                    raise
+                # Pruned since the list was read: not corrupt, not a new session; the next.
+                await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
+                log.info("restore_generation_gone", generation=gen, reason=str(exc))
+                skipped.append({"generation": gen, "reason": str(exc)})
+                continue
             except CorruptSnapshot as exc:
                 await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
                 log.error("restore_generation_corrupt", generation=gen, reason=str(exc))

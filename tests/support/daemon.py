@@ -78,7 +78,8 @@ def free_port() -> int:
 class Daemon:
     """`python -m app run` with the demo target, its JSON log lines collected as they come."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str,
+                 command: list[str] | None = None) -> None:
         self.env = env
         self.port = int(env["PORT"])
         self.events: list[dict[str, Any]] = []
@@ -86,7 +87,7 @@ class Daemon:
         self.started = time.monotonic()
         # A session of its own: SIGKILL of the whole group takes Chromium down too.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", *(args or ("run",))], env=env, cwd=ROOT,
+            command or [sys.executable, "-m", "app", *(args or ("run",))], env=env, cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -170,14 +171,19 @@ class Daemon:
 
     def kill_all(self) -> None:
         """SIGKILL the daemon and every process it started (Chromium, Playwright's driver)."""
-        below = descendants(self.proc.pid)
+        self.kill_tree(self.proc)
+        self._reader.join(timeout=5)
+
+    @staticmethod
+    def kill_tree(proc: subprocess.Popen[str]) -> None:
+        """SIGKILL a process started in a session of its own, and everything below it."""
+        below = descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
         for pid in below:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
+        proc.wait(timeout=10)
         # Wait until Chromium is really gone: it must not write into a profile we delete.
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{pid}").exists() for pid in below) and time.monotonic() < deadline:
