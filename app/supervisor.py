@@ -164,6 +164,25 @@ def _install_signals(on_signal: Callable[[str], None], log: Any,
         loop.add_signal_handler(sig, received, int(sig))
 
 
+def _route_loop_errors() -> None:
+    """Errors nobody awaited go to the structured log, not to stderr as text: a Playwright
+    driver that died with Chromium (a group kill, Ctrl-C) leaves a future with "Connection
+    closed" behind, which is expected then (debug); anything else is a warning."""
+    loop = asyncio.get_running_loop()
+    log = get_logger()
+
+    def handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        text = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        if text is not None and "Connection closed" in text:
+            log.debug("driver_connection_closed", reason=text.splitlines()[0][:300])
+            return
+        log.warning("loop_error", message=str(context.get("message", ""))[:300],
+                    reason=(text or "").splitlines()[0][:300] if text else None)
+
+    loop.set_exception_handler(handler)
+
+
 def _simulate_phone(runner: SessionRunner, site: Any, delay: float) -> None:
     """Demo only: approve the QR code a session shows, `delay` seconds after it first shows
     one, and again while it still asks (codes rotate, and one site serves many sessions)."""
@@ -224,6 +243,7 @@ async def run_daemon(settings: Settings) -> int:
     assert target is not None
     stop = _StopSignal(log)
     _install_signals(stop, log)
+    _route_loop_errors()
     async with AsyncExitStack() as stack:
         demo_site = await stack.enter_async_context(_demo_site(settings))
         metrics = Metrics()
@@ -318,6 +338,7 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
         driver = ChildDriver(command, env, profile, login_key)
         stop = _StopSignal(log)
         _install_signals(stop, log, on_second=driver.kill_now)
+        _route_loop_errors()
         runner = SessionRunner(settings, driver, started, Metrics(),
                                await _start_webhook(settings, stack))
         log.info("exec_started", command=list(command), profile=str(profile),

@@ -478,6 +478,10 @@ def test_driver_killed_mid_run_is_a_crash(case: Case) -> None:
     code, took = timed_exit(daemon, sent)
     report("SIGTERM after the driver was killed and replaced", took)
     assert_clean_end(case, daemon, code, before)
+    # The dead driver's unawaited futures go to the structured log, not to stderr as text
+    # (issue 12 item 13: "Future exception was never retrieved").
+    stray = [line for line in daemon.raw if not line.startswith("{")]
+    assert stray == [], stray
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """What the profile on disk is: the generation it was restored from or last saved as, and the
-fencing token it was written under. Kept beside the profile (in its work folder, never inside
-it), rewritten after each restore and each committed snapshot.
+fencing token it was written under. Kept in the profile's work folder (beside the profile, or
+in its own `.sessionkeeper` folder when the profile is a mount point: a volume, which keeps it
+across restarts), cleared before a restore swaps a tree in, rewritten after each restore and
+each committed snapshot.
 
 With it, a profile already on disk (a volume, a restart in place, the same process taking its
 lease back after a partition) is kept rather than restored over when it is at least as new as
@@ -15,6 +17,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.snapshot.keep import WORK_DIR_NAME
 from app.snapshot.staging import work_dir_for
 from app.store.repo import GenerationInfo
 
@@ -75,9 +78,9 @@ class LocalMarker:
 
 
 def profile_has_files(profile: Path) -> bool:
-    """True when the profile folder exists and holds anything."""
+    """True when the profile folder exists and holds anything but our own work folder."""
     try:
         with os.scandir(profile) as entries:
-            return any(True for _ in entries)
+            return any(e.name != WORK_DIR_NAME for e in entries)
     except OSError:
         return False
