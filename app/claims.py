@@ -61,8 +61,9 @@ class Claimer:
                 sent = time.monotonic()
                 async with pool.acquire() as conn:
                     # One at a time: replicas starting together share the sessions out.
-                    claims = await leases.claim(conn, self.owner, self.settings.lease_ttl,
-                                                min(free, 1))
+                    claims = await leases.claim(
+                        conn, self.owner, self.settings.lease_ttl, min(free, 1),
+                        leases.handover_within(self.settings.shutdown_timeout))
             except DB_ERRORS as exc:
                 self.log.warning("claim_failed", reason=str(exc)[:300])
                 claims = []
