@@ -107,7 +107,10 @@ def headline(result: ScenarioResult) -> str:
                 f"{killed.get('ready_s')} s; renderer hung: detected {hung.get('detected_s')} s, "
                 f"ready {hung.get('ready_s')} s")
     if result.key == "f":
-        return (f"daemon: {(f.get('daemon') or {}).get('error_line')}; CLI exit "
+        daemon = f.get("daemon") or {}
+        said = (f"{daemon.get('error_event')}: {daemon.get('error_reason')}"
+                if daemon.get("error_event") else daemon.get("error_line"))
+        return (f"daemon: exit {daemon.get('exit_code')}, {said}; CLI exit "
                 f"{(f.get('cli') or {}).get('exit_code')}: {(f.get('cli') or {}).get('message')}")
     return ""
 
@@ -137,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     work.chmod(0o755)
     started = time.monotonic()
     print(f"chaos: scenarios {','.join(args.only)}; work folder {work}", file=sys.stderr)
-    cluster = PgCluster(work / "pg")
+    try:
+        cluster = PgCluster(work / "pg")
+    except (RuntimeError, OSError) as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"chaos: cannot start a PostgreSQL cluster: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
     chaos = Chaos(cluster, work)
     results: list[ScenarioResult] = []
     try:

@@ -1171,6 +1171,7 @@ def scenario_disk_full(chaos: Chaos, size: str = "5m") -> ScenarioResult:
         exited = daemon.proc.poll()
         result.figures["daemon"] = {
             "exit_code": exited, "error_event": error.get("event") if error else None,
+            "error_reason": str(error.get("reason"))[:300] if error else None,
             "error_line": (lines[0][:300] if lines else None),
             "traceback": any("Traceback" in line for line in daemon.raw)}
         daemon.kill_all()

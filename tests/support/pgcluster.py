@@ -24,9 +24,12 @@ from tests.support.daemon import free_port
 
 def find_bindir() -> Path:
     """A folder holding initdb, pg_ctl and postgres."""
-    candidates: list[Path] = []
     if os.environ.get("PG_BINDIR"):
-        candidates.append(Path(os.environ["PG_BINDIR"]))
+        chosen = Path(os.environ["PG_BINDIR"])
+        if not all((chosen / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
+            raise RuntimeError(f"PG_BINDIR={chosen} holds no initdb, pg_ctl and postgres")
+        return chosen
+    candidates: list[Path] = []
 
     def version(p: Path) -> float:
         try:
