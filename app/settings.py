@@ -208,10 +208,13 @@ class Settings(BaseSettings):
         description="Token the status page, /api/sessions, /qr and /metrics ask for (bearer "
         "header or ?token=); unset: open to anyone who reaches PORT.",
     )
+    # Unset means "is stdout a terminal?": resolved when the settings are read, so the field
+    # is a plain bool afterwards.
     log_qr: bool = Field(
-        default=True,
-        description="Log each new QR code: terminal art on a TTY, the payload in a JSON field "
-        "otherwise.",
+        default=None, validate_default=True,
+        description="Log each new QR code (and pairing code): terminal art on a TTY, the "
+        "payload in a JSON field otherwise; default true only when stdout is a terminal (a "
+        "QR code links whoever scans it into this browser).",
     )
     webhook_url: SecretStr | None = Field(
         default=None,
@@ -301,6 +304,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return value.strip().lower() or None
         return value
+
+    @field_validator("log_qr", mode="before")
+    @classmethod
+    def _log_qr(cls, value: Any) -> Any:
+        return sys.stdout.isatty() if value is None else value
 
     @field_validator("webhook_url", mode="after")
     @classmethod

@@ -176,6 +176,7 @@ def daemon_env(database_url: str, tmp_path: Path, demo_message_rate: str) -> dic
         SESSIONKEEPER_DATA_DIR=str(tmp_path / "state"), SESSIONKEEPER_LOG_FORMAT="json",
         # A killed owner's lease runs out quickly, so the next boot need not wait 30 s.
         SESSIONKEEPER_LEASE_TTL="6",
+        SESSIONKEEPER_LOG_QR="true",  # tests read qr_payload from the JSON lines
     )
     return env
 
