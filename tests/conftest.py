@@ -24,6 +24,7 @@ from app.store.db import open_pool
 from app.store.migrate import migrate
 from app.vault.options import VaultOptions
 from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
+from tests.support.pgproxy import PgProxy
 from tests.support.profile_tree import ProfileTree, build_profile
 
 
@@ -194,3 +195,15 @@ def start(daemon_env: dict[str, str]) -> Iterator[Callable[..., Daemon]]:
     yield launch
     for daemon in started:
         daemon.kill_all()
+
+
+@pytest.fixture
+def proxy(database_url: str) -> Iterator[PgProxy]:
+    """A TCP proxy in front of the test's database that can black-hole it (connections hang,
+    not refused): the daemon is given proxy.url_for(database_url)."""
+    parts = urlsplit(database_url)
+    if not parts.port:
+        pytest.skip("the test database is reached over a socket, not TCP: nothing to proxy")
+    p = PgProxy(parts.hostname or "127.0.0.1", parts.port)
+    yield p
+    p.close()

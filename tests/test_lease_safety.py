@@ -1,5 +1,5 @@
 """The lease under a partition (issue 12, items 1, 4 and 15), with the real daemon, Chromium and
-PostgreSQL; the partition is a TCP proxy that stops answering (tests/support/tcp_proxy.py).
+PostgreSQL; the partition is a TCP proxy that stops answering (tests/support/pgproxy.py).
 
 - A black-holed database (connections hang, not refused) stops the browser within the lease
   TTL: no query may wait on a half-open connection while another replica takes the lease.
@@ -15,11 +15,8 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import pytest
 
 from app.settings import Settings
 from app.store.db import open_pool
@@ -30,7 +27,7 @@ from tests.support.daemon import (
     browser_pids,
     login,
 )
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.pgproxy import PgProxy
 from tests.support.vault_db import generations, sql
 
 SESSION = DAEMON_SESSION
@@ -38,14 +35,6 @@ SESSION = DAEMON_SESSION
 NEWER = "Default/File System/sk-newer-local-data"
 
 
-@pytest.fixture
-def proxy(database_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(database_url)
-    if not parts.port:
-        pytest.skip("the test database is reached over a socket, not TCP: nothing to proxy")
-    p = TcpProxy(parts.hostname or "127.0.0.1", parts.port)
-    yield p
-    p.close()
 
 
 def _restored(url: str, generation: int, target: Path) -> Path:
@@ -72,7 +61,7 @@ def _wait_count(daemon: Daemon, name: str, count: int, timeout: float) -> None:
 
 def test_a_black_holed_database_stops_the_browser_within_the_ttl_and_keeps_local_data(
         start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str,
-        proxy: TcpProxy, tmp_path: Path) -> None:
+        proxy: PgProxy, tmp_path: Path) -> None:
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     ttl = 6.0
     daemon = start(DATABASE_URL=proxy.url_for(database_url), SESSIONKEEPER_LEASE_TTL=str(ttl),
@@ -96,7 +85,7 @@ def test_a_black_holed_database_stops_the_browser_within_the_ttl_and_keeps_local
     assert gone <= ttl + 3, f"the browser ran {gone:.1f} s into a {ttl:.0f} s lease"
     assert daemon.proc.poll() is None
 
-    proxy.restore()
+    proxy.heal()
     _wait_count(daemon, "lease_acquired", 2, 60)
     tokens = [e["fencing_token"] for e in _events(daemon, "lease_acquired")]
     assert tokens[1] == tokens[0] + 1  # nobody held it in between

@@ -48,18 +48,25 @@ def _damaged_generation(env: dict[str, str], good: int, work: Path, n: int = 0) 
     return int(generations(env["DATABASE_URL"])[-1]["generation"])
 
 
+def _logged_in_then_damaged(start: Callable[..., Daemon], env: dict[str, str], work: Path,
+                            damaged: int) -> tuple[int, list[int]]:
+    """A login (its generation, `good`), then `damaged` newer generations that ask for a QR
+    code when restored; the profile folder wiped, as in a new container."""
+    first = start()
+    login(first, int(env["SESSIONKEEPER_DEMO_PORT"]))
+    first.stop_cleanly(40)
+    good = int(first.wait_for("shutdown_completed")["generation"])
+    bad = [_damaged_generation(env, good, work / f"w{i}", i) for i in range(damaged)]
+    assert len(set(bad)) == damaged and min(bad) > good
+    shutil.rmtree(env["SESSIONKEEPER_PROFILE_DIR"])
+    return good, bad
+
+
 def test_a_restored_login_that_asks_for_a_qr_code_falls_back_to_the_previous_one(
         start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str,
         tmp_path: Path) -> None:
-    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
-    first = start()
-    login(first, demo_port)
-    first.stop_cleanly(40)
-    good = first.wait_for("shutdown_completed")["generation"]
-    bad = [_damaged_generation(daemon_env, good, tmp_path / f"w{i}", i) for i in range(2)]
-    assert len(set(bad)) == 2 and min(bad) > good
+    good, bad = _logged_in_then_damaged(start, daemon_env, tmp_path, 2)
 
-    shutil.rmtree(daemon_env["SESSIONKEEPER_PROFILE_DIR"])  # a new container
     second = start()
     assert second.wait_for("session_restored", 60)["generation"] == bad[1]
     steps = [second.wait_for("restore_fallback", 60, generation=g) for g in reversed(bad)]
@@ -89,13 +96,7 @@ def test_a_restored_login_that_asks_for_a_qr_code_falls_back_to_the_previous_one
 def test_with_no_fallback_left_the_qr_code_is_a_logout(
         start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str,
         tmp_path: Path) -> None:
-    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
-    first = start()
-    login(first, demo_port)
-    first.stop_cleanly(40)
-    good = first.wait_for("shutdown_completed")["generation"]
-    bad = _damaged_generation(daemon_env, good, tmp_path / "w")
-    shutil.rmtree(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
+    _good, [bad] = _logged_in_then_damaged(start, daemon_env, tmp_path, 1)
     second = start(SESSIONKEEPER_RESTORE_FALLBACKS="0")
     assert second.wait_for("session_restored", 60)["generation"] == bad
     out = second.wait_for("logged_out", 60)

@@ -1,7 +1,7 @@
 """Shutdown is bounded and always runs (issue 12, items 10, 11 and 13), with the real daemon,
 Chromium and PostgreSQL.
 
-- A database that stops answering at SIGTERM (a black hole, tests/support/tcp_proxy.py) must
+- A database that stops answering at SIGTERM (a black hole, tests/support/pgproxy.py) must
   not hold the process past SESSIONKEEPER_SHUTDOWN_TIMEOUT: every await on the way out is
   bounded (the hand-over mark, Chromium's close, the pool's close, the webhook drain).
 - An unexpected error in the run phase still goes through the shutdown path: the final
@@ -17,14 +17,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support.daemon import ROOT, Daemon, link_demo, login
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.pgproxy import PgProxy
 from tests.support.vault_db import generations, sql
 
 # Runs the daemon with one method replaced by one that raises once the session is ready.
@@ -41,19 +40,11 @@ sys.exit(main(["run"]))
 """
 
 
-@pytest.fixture
-def proxy(database_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(database_url)
-    if not parts.port:
-        pytest.skip("the test database is reached over a socket, not TCP: nothing to proxy")
-    p = TcpProxy(parts.hostname or "127.0.0.1", parts.port)
-    yield p
-    p.close()
 
 
 def test_shutdown_fits_its_timeout_with_a_black_holed_database(
         start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str,
-        proxy: TcpProxy) -> None:
+        proxy: PgProxy) -> None:
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     timeout = 8.0
     daemon = start(DATABASE_URL=proxy.url_for(database_url), SESSIONKEEPER_LEASE_TTL="60",
