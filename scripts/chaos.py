@@ -90,9 +90,10 @@ def headline(result: ScenarioResult) -> str:
     if result.key == "b":
         return (f"recovery: snapshot {f.get('recovery_to_snapshot_s')} s, ready and not degraded "
                 f"{f.get('recovery_to_ready_not_degraded_s')} s after PostgreSQL returned; "
-                f"lease lost: {f.get('lease_lost')}; the page had stored message "
-                f"#{f.get('page_message_at_return')}, the first generation after holds "
-                f"#{f.get('its_last_message')}")
+                f"lease lost: {f.get('lease_lost')}; the page's message "
+                f"#{f.get('page_message_at_return')} at the return: "
+                f"{f.get('its_copy_of_that_message')} in the first generation after (which "
+                f"goes up to #{f.get('its_last_message')})")
     if result.key == "c":
         return (f"browser stopped {f.get('browser_stopped_after_s')} s after the black hole "
                 f"(TTL {f.get('lease_ttl_s')} s); recovery: lease {f.get('recovery_lease_s')} s, "

@@ -606,6 +606,25 @@ def _verify(chaos: Chaos, url: str, label: str, result: ScenarioResult,
 # ---------------------------------------------------------------------------- b: outage
 
 
+# A chat message of the demo page: the newest one (want null), or the one numbered `want`.
+# Numbers alone do not tell messages apart: a page restored from an older generation numbers
+# its next messages from there again, so the write time comes along.
+MESSAGE_JS = """async (want) => {
+  const db = await openDb(CHAT_DB);
+  const store = db.transaction(CHAT_STORE).objectStore(CHAT_STORE);
+  return await new Promise((resolve, reject) => {
+    const req = store.openCursor(null, "prev");
+    req.onsuccess = () => {
+      const c = req.result;
+      if (!c || (want !== null && c.value.n < want)) return resolve(null);
+      if (want === null || c.value.n === want) return resolve({n: c.value.n, at: c.value.at});
+      c.continue();
+    };
+    req.onerror = () => reject(req.error);
+  });
+}"""
+
+
 class PageProbe:
     """Reads the demo page inside the daemon's own Chromium through its /cdp endpoint (the
     newest chat message the page has stored), reconnecting as Chromium comes and goes."""
@@ -619,16 +638,16 @@ class PageProbe:
         self.pw = self._pw_cm.__enter__()
         self.browser: Any = None
 
-    def last_message(self) -> int | None:
-        """The newest message number the page stored, or None when it cannot be read."""
+    def newest(self) -> dict[str, Any] | None:
+        """The newest message the page stored ({n, at}), or None when it cannot be read."""
         try:
             if self.browser is None or not self.browser.is_connected():
                 self.browser = self.pw.chromium.connect_over_cdp(self.endpoint, timeout=3000)
             for context in self.browser.contexts:
                 for page in context.pages:
                     if page.url.startswith(self.demo_url):
-                        info = page.evaluate("window.demoInspect()")
-                        return int(info["lastMessage"])
+                        found: dict[str, Any] | None = page.evaluate(MESSAGE_JS, None)
+                        return found
         except Exception:
             self.browser = None
         return None
@@ -641,20 +660,31 @@ class PageProbe:
             self._pw_cm.__exit__(None, None, None)
 
 
-def inspect_generation(chaos: Chaos, url: str, generation: int, demo_port: int,
-                       label: str) -> dict[str, Any]:
-    """demoInspect() of a generation restored into a temporary folder and opened in Chromium
-    (the demo site served again on its origin's port)."""
-    from tests.support.inspect_profile import inspect_demo_profile
+def generation_message(chaos: Chaos, url: str, generation: int, demo_port: int,
+                       number: int, label: str) -> tuple[dict[str, Any] | None, dict[str, Any],
+                                                         dict[str, Any] | None]:
+    """A generation restored into a temporary folder and opened in Chromium (the demo site
+    served again on its origin's port): (message `number` in it, demoInspect(), its newest
+    message)."""
+    from tests.support.inspect_profile import demo_page
 
     target = chaos.work / "inspect" / label / "profile"
     out = chaos.cli(url, "restore", SESSION, "--profile", str(target), "--generation",
                     str(generation), "--json")
     if out.returncode != 0:
         raise RuntimeError(f"restore of generation {generation}: {out.stderr.strip()[-300:]}")
+
+    async def read() -> tuple[Any, Any, Any]:
+        async with demo_page(target, demo_port) as (_, page):
+            await page.wait_for_function(
+                "['ready', 'qr'].includes(document.body.dataset.state)", timeout=15000)
+            return (await page.evaluate(MESSAGE_JS, number),
+                    await page.evaluate("window.demoInspect()"),
+                    await page.evaluate(MESSAGE_JS, None))
+
     try:
-        info: dict[str, Any] = _run(inspect_demo_profile(target, demo_port))
-        return info
+        found: tuple[Any, Any, Any] = _run(read())
+        return found
     finally:
         shutil.rmtree(target.parent, ignore_errors=True)
 
@@ -680,27 +710,28 @@ def scenario_outage(chaos: Chaos, outage_s: float = 60, ttl: float = 30,
             result.fail("no periodic snapshot before the outage:\n" + daemon.log_text())
             return result
         probe = PageProbe(daemon.port, f"http://127.0.0.1:{demo_port}/")
-        before = probe.last_message()
+        before = probe.newest()
         down = time.monotonic()
         chaos.cluster.stop()
         chaos.say(f"[b] PostgreSQL stopped (page at message {before}); "
                   f"back in {outage_s:g} s")
-        seen: int | None = before
+        # The newest message the page is known to have stored (it stops with the browser
+        # when the lease is lost; its profile on disk holds it from then on).
+        seen: dict[str, Any] | None = before
         crashed_during = False
-        while time.monotonic() - down < outage_s:
+        while True:
+            value = probe.newest()
+            if value is not None and (seen is None or value["n"] >= seen["n"]):
+                seen = value
+            if time.monotonic() - down >= outage_s:
+                break
             if daemon.proc.poll() is not None:
                 crashed_during = True
                 break
-            value = probe.last_message()
-            if value is not None:
-                seen = max(seen or 0, value)
             time.sleep(1)
-        value = probe.last_message()
-        if value is not None:
-            seen = max(seen or 0, value)
         chaos.cluster.start()
         back = time.monotonic()
-        chaos.say(f"[b] PostgreSQL back; the page stored up to message {seen}")
+        chaos.say(f"[b] PostgreSQL back; the page had stored up to message {seen}")
         result.check(not crashed_during and daemon.proc.poll() is None,
                      "the daemon exited during the outage:\n" + daemon.log_text())
         lost = find_event(daemon, "lease_lost", after=down)
@@ -726,7 +757,8 @@ def scenario_outage(chaos: Chaos, outage_s: float = 60, ttl: float = 30,
             recovery_to_ready_not_degraded_s=round(cleared - back, 3) if cleared else None,
             retries_logged=len(failures),
             browser_crashed=find_event(daemon, "browser_crashed", after=down) is not None,
-            page_message_before=before, page_message_at_return=seen,
+            page_message_before=before["n"] if before else None,
+            page_message_at_return=seen["n"] if seen else None,
         )
         result.check(committed is not None, "no snapshot committed after the database "
                                             "came back:\n" + daemon.log_text())
@@ -740,14 +772,19 @@ def scenario_outage(chaos: Chaos, outage_s: float = 60, ttl: float = 30,
             probe.close()
             probe = None
         if committed is not None and seen is not None:
-            info = inspect_generation(chaos, url, committed["generation"], demo_port, "outage")
-            result.figures["first_generation_after_return"] = committed["generation"]
-            result.figures["its_last_message"] = info["lastMessage"]
+            copy, info, newest = generation_message(chaos, url, committed["generation"],
+                                                    demo_port, seen["n"], "outage")
+            kept = "same" if copy == seen else ("missing" if copy is None else "another")
+            result.figures.update(first_generation_after_return=committed["generation"],
+                                  its_last_message=newest["n"] if newest else None,
+                                  its_copy_of_that_message=kept)
             result.check(info["hasCreds"], "the generation after the outage has no login")
-            result.check(info["lastMessage"] >= seen,
-                         f"messages lost: the page had stored up to #{seen} before the database "
-                         f"came back, the first generation after it "
-                         f"({committed['generation']}) holds up to #{info['lastMessage']}")
+            result.check(kept == "same",
+                         f"messages lost: the page had stored message #{seen['n']} (written at "
+                         f"{seen['at']}) before the database came back; the first generation "
+                         f"after it ({committed['generation']}) holds "
+                         + (f"another #{seen['n']} (written at {copy['at']}): the page was "
+                            "rolled back and numbered on" if copy else "no such message"))
         return result
     finally:
         if probe is not None:
