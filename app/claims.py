@@ -18,6 +18,7 @@ import asyncpg
 from app.log import get_logger
 from app.metrics import Metrics
 from app.session import DB_ERRORS, SessionRunner, keep_session, retrying
+from app.session_ids import SESSION_ID_RULE, is_session_id
 from app.settings import Settings
 from app.store import leases
 from app.store.db import open_pool
@@ -68,6 +69,14 @@ class Claimer:
                 self.log.warning("claim_failed", reason=str(exc)[:300])
                 claims = []
             for claim in claims:
+                if not is_session_id(claim.session_id):
+                    # A row from before the CHECK constraint (or written around it): its id
+                    # would name a path outside the profile folder, so it is never used as
+                    # one. The lease is left to run out rather than released, so the next
+                    # claim takes another session instead of this one again.
+                    self.log.error("claim_skipped", claimed_session=repr(claim.session_id),
+                                   reason=f"not a valid session id ({SESSION_ID_RULE})")
+                    continue
                 runner = self.make_runner(
                     self.settings.model_copy(update={
                         "session_id": claim.session_id,

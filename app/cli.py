@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +23,8 @@ from app.errors import ConfigError, LeaseHeld, UserError
 from app.log import configure_logging, get_logger
 from app.memory import limit_malloc_arenas
 from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
-from app.settings import SESSION_ID_PATTERN, Settings, load_settings
+from app.session_ids import check_session_id
+from app.settings import Settings, load_settings
 from app.store import leases, repo
 from app.store.db import open_pool
 from app.store.repo import Conn
@@ -51,10 +51,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _session(value: str) -> str:
-    if not re.match(SESSION_ID_PATTERN, value):
-        raise argparse.ArgumentTypeError(
-            f"invalid session id {value!r}: use 1-128 letters, digits, '.', '_' or '-'")
-    return value
+    try:
+        return check_session_id(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(value: str) -> int:

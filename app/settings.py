@@ -23,9 +23,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
+from app.session_ids import SESSION_ID_PATTERN, is_session_id
 
 ENV_PREFIX = "SESSIONKEEPER_"
-SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 # What each setting accepts, in words; used for the one-line error and the README table.
 ACCEPTS: dict[str, str] = {
@@ -283,11 +283,20 @@ class Settings(BaseSettings):
     def _ids(cls, value: Any) -> Any:
         return _split_globs(value)
 
+    @field_validator("session_id", mode="after")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        # Also checked by the pattern above; fullmatch makes sure no engine lets a trailing
+        # newline through.
+        if not is_session_id(value):
+            raise ValueError(f"bad session id {value!r}")
+        return value
+
     @field_validator("session_ids", mode="after")
     @classmethod
     def _valid_ids(cls, value: list[str]) -> list[str]:
         for sid in value:
-            if not re.match(SESSION_ID_PATTERN, sid):
+            if not is_session_id(sid):
                 raise ValueError(f"bad session id {sid!r}")
         if len(set(value)) != len(value):
             raise ValueError("duplicate session id")

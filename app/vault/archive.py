@@ -25,6 +25,7 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
+from app.session_ids import is_session_id
 from app.snapshot.codec import CODECS, Decoder
 from app.snapshot.manifest import ManifestDoc
 from app.store import repo
@@ -178,6 +179,9 @@ def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
             raise CorruptSnapshot("it does not start with a sessionkeeper export header")
         if header.get("version") != EXPORT_VERSION:
             raise CorruptSnapshot(f"export version {header.get('version')} is not supported")
+        if "session_id" in header and not is_session_id(header["session_id"]):
+            raise CorruptSnapshot(f"its header names an invalid session id "
+                                  f"{str(header['session_id'])[:140]!r}")
         count = _object_count(header)
         if count is None:
             raise CorruptSnapshot("its header holds no object count")
