@@ -1,21 +1,29 @@
 """HTTP on PORT: health, the status page, its API, the QR code, the metrics and (with
 SESSIONKEEPER_CDP) the DevTools proxy of app/cdp.py.
 
-/healthz (the process is alive) and /readyz (the sessions' state) are always open, for the
-platform's probes. With SESSIONKEEPER_HTTP_TOKEN set everything else asks for the token, as a
-bearer header or a `?token=` query (a phone's browser opening the page has no header to send).
-Nothing is cached by a browser: the QR code logs in as the session while it lasts.
+/healthz (the process is alive), /readyz (the sessions' state) and the page's script and style
+are always open, for the platform's probes. With SESSIONKEEPER_HTTP_TOKEN set everything else
+asks for the token: a bearer header (API clients, CDP), a cookie, or a `?token=` query (a
+phone's browser opening the page has no header to send). On the page itself `?token=` is
+exchanged once for an HttpOnly, SameSite=Strict cookie and a 303 to the same URL without it, so
+the token leaves the address bar, the page's own requests and any proxy's log; other paths
+(the API, /qr, /cdp) still accept it as a query for clients that cannot set headers.
+Nothing is cached by a browser, and the page may not be framed: whoever scans its QR code
+links their account into this browser.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from app.cdp import CdpRoutes
+from app.log import register_secret
 from app.metrics import CONTENT_TYPE, Metrics
 from app.qr import render_qr
 from app.status import StatusBoard
@@ -24,9 +32,18 @@ from app.status_page import render_page
 ReadyFn = Callable[[], dict[str, Any]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The page's script and style hold nothing secret; open so a 401 never breaks the page.
+ASSETS = {"/static/status.js": "application/javascript", "/static/status.css": "text/css"}
+OPEN_PATHS = frozenset({"/healthz", "/readyz", *ASSETS})
+# The HTML pages: a ?token= on them is exchanged for the cookie.
+PAGE_PATHS = frozenset({"/"})
+COOKIE = "sessionkeeper_auth"
 _PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
             "X-Content-Type-Options": "nosniff"}
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+_HTML = {**_PRIVATE, "Content-Security-Policy": CSP, "X-Frame-Options": "DENY"}
 
 
 def token_of(request: web.Request) -> str | None:
@@ -38,21 +55,56 @@ def token_of(request: web.Request) -> str | None:
     return request.query.get("token")
 
 
+def cookie_value(token: str) -> str:
+    """What the cookie holds: derived from the token, so the token itself is not stored in
+    the browser's cookie jar."""
+    return hmac.new(token.encode(), b"sessionkeeper status page cookie",
+                    hashlib.sha256).hexdigest()
+
+
+def _same(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _is_https(request: web.Request) -> bool:
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
+
+
 def _auth_middleware(token: str) -> Any:
-    expected = token.encode()
+    cookie = cookie_value(token)
+    register_secret(token)
+    register_secret(cookie)
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        given = token_of(request)
-        if given is None or not hmac.compare_digest(given.encode(), expected):
-            return web.json_response(
-                {"error": "a token is required: Authorization: Bearer <token> or ?token="},
-                status=401, headers={**_PRIVATE, "WWW-Authenticate": 'Bearer realm="status"'})
-        return await handler(request)
+        query = request.query.get("token")
+        page = request.method in ("GET", "HEAD") and request.path in PAGE_PATHS
+        if page and query is not None and _same(query, token):
+            return _exchange(request, cookie)
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        if (_same(bearer, token) or _same(request.cookies.get(COOKIE), cookie)
+                or (bearer is None and not page and _same(query, token))):
+            return await handler(request)
+        return web.json_response(
+            {"error": "a token is required: Authorization: Bearer <token> or ?token="},
+            status=401, headers={**_PRIVATE, "WWW-Authenticate": 'Bearer realm="status"'})
 
     return check
+
+
+def _exchange(request: web.Request, cookie: str) -> web.Response:
+    """303 to the same URL without ?token=, with the cookie that authenticates from now on."""
+    rest = [(k, v) for k, v in request.query.items() if k != "token"]
+    clean = request.rel_url.with_query(rest) if rest else request.rel_url.with_query(None)
+    response = web.Response(status=303, headers={**_PRIVATE, "Location": str(clean)})
+    response.set_cookie(COOKIE, cookie, path="/", httponly=True, samesite="Strict",
+                        secure=_is_https(request))
+    return response
 
 
 def build_app(ready: ReadyFn, board: StatusBoard | None = None,
@@ -72,20 +124,23 @@ def build_app(ready: ReadyFn, board: StatusBoard | None = None,
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if board is not None:
-        _add_status_routes(app, board, metrics, token)
+        _add_status_routes(app, board, metrics)
     if cdp is not None:
         cdp.add_to(app)
     return app
 
 
-def _add_status_routes(app: web.Application, board: StatusBoard, metrics: Metrics | None,
-                       token: str | None) -> None:
-    async def page(request: web.Request) -> web.Response:
+def _add_status_routes(app: web.Application, board: StatusBoard,
+                       metrics: Metrics | None) -> None:
+    async def page(_: web.Request) -> web.Response:
         overview = await board.overview()
-        # The page carries a token given as ?token= to its image and API requests.
-        given = request.query.get("token") if token else None
-        return web.Response(text=render_page(overview, given), content_type="text/html",
-                            charset="utf-8", headers=_PRIVATE)
+        return web.Response(text=render_page(overview), content_type="text/html",
+                            charset="utf-8", headers=_HTML)
+
+    async def asset(request: web.Request) -> web.Response:
+        name = request.path.rsplit("/", 1)[-1]
+        body = resources.files("app").joinpath("static", name).read_bytes()
+        return web.Response(body=body, content_type=ASSETS[request.path], headers=_PRIVATE)
 
     async def sessions(_: web.Request) -> web.Response:
         return web.json_response(await board.overview(), headers=_PRIVATE)
@@ -120,6 +175,8 @@ def _add_status_routes(app: web.Application, board: StatusBoard, metrics: Metric
                             headers={"Content-Type": CONTENT_TYPE, **_PRIVATE})
 
     app.router.add_get("/", page)
+    for path in ASSETS:
+        app.router.add_get(path, asset)
     app.router.add_get("/api/sessions", sessions)
     app.router.add_get("/qr/{session}", qr)
     if metrics is not None:
