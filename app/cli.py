@@ -20,7 +20,7 @@ import asyncpg
 
 from app import __version__
 from app.errors import ConfigError, LeaseHeld, UserError
-from app.log import configure_logging, get_logger
+from app.log import configure_logging, get_logger, redact, register_secret, register_url
 from app.memory import limit_malloc_arenas
 from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
 from app.session_ids import check_session_id
@@ -374,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _register_secrets(settings: Settings) -> None:
+    """No log line or error line prints the database password, the HTTP token or the webhook
+    URL (app/log.py masks every registered value)."""
+    for url in (settings.database_url, settings.webhook_url):
+        register_url(url.get_secret_value() if url else None)
+    register_secret(settings.http_token.get_secret_value() if settings.http_token else None)
+
+
+def _error(text: str) -> None:
+    """The one error line, with every registered secret and URL password masked."""
+    sys.stderr.write(f"sessionkeeper: error: {redact(text)}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run one command and exit with its status."""
     limit_malloc_arenas()
@@ -387,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         settings = load_settings()
         if args.command == "exec":
             settings = _exec_settings(args, settings)
+        _register_secrets(settings)
         # The daemon logs to stdout (platforms show stderr as errors); commands keep stdout
         # for their output.
         configure_logging(settings.log_level, settings.resolved_log_format(),
@@ -400,13 +414,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             sys.stderr.write("sessionkeeper: interrupted\n")
             sys.exit(130)
         if isinstance(exc, UserError):
-            sys.stderr.write(f"sessionkeeper: error: {exc}\n")
+            _error(str(exc))
             sys.exit(exc.exit_code)
         if isinstance(exc, asyncpg.PostgresError | OSError):
-            sys.stderr.write(f"sessionkeeper: error: {type(exc).__name__}: {exc}\n")
+            _error(f"{type(exc).__name__}: {exc}")
             sys.exit(1)
-        sys.stderr.write(f"sessionkeeper: error: unexpected {type(exc).__name__}: {exc} "
-                         "(set SESSIONKEEPER_LOG_LEVEL=debug for the traceback)\n")
+        _error(f"unexpected {type(exc).__name__}: {exc} (set SESSIONKEEPER_LOG_LEVEL=debug for "
+               "the traceback)")
         get_logger().debug("unexpected_error", traceback="".join(traceback.format_exception(exc)))
         sys.exit(1)
     if isinstance(out, int):

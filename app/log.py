@@ -1,24 +1,29 @@
 """structlog set-up: one event per line, snake_case names with fields, secrets redacted.
 
 JSON when not on a TTY (Railway and Render collect lines), console rendering on a TTY.
-Any value that contains a registered secret (the database password, a key) is masked, and so is
-the password part of any URL in a field.
+Any value that contains a registered secret (the database password, the HTTP token, the webhook
+URL, a key) is masked, and so is the password part of any URL in a field. The CLI registers the
+secrets of its settings as soon as they are read (app/cli.py) and masks its error lines too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
 _SECRETS: set[str] = set()
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _SECRET_KEYS = re.compile(r"(password|passwd|secret|token|key)$", re.IGNORECASE)
+# user:password@ up to the last '@' of a URL's authority, as the user wrote it.
+_WRITTEN_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:(?P<pw>.+)@[^@]*$")
 MASK = "***"
 
 
@@ -28,11 +33,34 @@ def register_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
+def register_url(url: str | None) -> None:
+    """Never print this URL, nor any form of the password in it: as parsed, as written up to
+    the last '@' (a password with an unescaped '/' or '#' is cut short by a URL parser, and an
+    error message may quote the cut-off part), percent-decoded, and a `password=` query
+    parameter (libpq style)."""
+    if not url:
+        return
+    register_secret(url)
+    candidates: list[str | None] = []
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        candidates.append(parts.password)
+        candidates += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    written = _WRITTEN_PASSWORD.match(url)
+    if written:
+        # Also the part before an unescaped '/', '#' or '?': what a parser took for a port.
+        candidates += [written["pw"], re.split(r"[/#?]", written["pw"])[0]]
+    for candidate in candidates:
+        if candidate:
+            register_secret(candidate)
+            register_secret(unquote(candidate))
+
+
 def redact(value: Any) -> Any:
     """Mask registered secrets and URL passwords inside strings, lists and dicts."""
     if isinstance(value, str):
         value = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}:{MASK}@", value)
-        for secret in _SECRETS:
+        for secret in sorted(_SECRETS, key=len, reverse=True):  # a longer one holds a shorter
             if secret in value:
                 value = value.replace(secret, MASK)
         return value

@@ -3,7 +3,7 @@
 `send()` never waits: it puts the event on a bounded queue (dropping it, with a log line, when
 the queue is full) and a single worker posts events in order, each with a timeout and a few
 retries with backoff; after the last try it logs `webhook_failed`. A slow or dead receiver
-therefore never holds up a session.
+therefore never holds up a session. A body is redacted like a log line (app/log.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from app.log import get_logger, register_secret
+from app.log import get_logger, redact, register_url
 
 QUEUE_SIZE = 100
 ATTEMPTS = 4
@@ -42,7 +42,7 @@ class Webhook:
 
     def __init__(self, url: str, timeout: float, *, backoff: float = 1.0) -> None:
         self.url = url
-        register_secret(url)
+        register_url(url)
         self.timeout = timeout
         self.backoff = backoff
         # The host only: a webhook URL often carries a secret in its path or query.
@@ -128,7 +128,9 @@ class Webhook:
 
     async def _post(self, event: dict[str, Any]) -> None:
         assert self._session is not None
-        body = json.dumps(event, default=str)  # a Path or datetime field becomes its text
+        # A Path or datetime field becomes its text; a registered secret (the database
+        # password, the HTTP token, this URL) quoted in a field is masked as in the log.
+        body = json.dumps(redact(event), default=str)
         async with self._session.post(self.url, data=body,
                                       headers={"Content-Type": "application/json"}) as response:
             if not 200 <= response.status < 300:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -19,10 +26,15 @@ from playwright.async_api import async_playwright
 
 from app.chromium import CHROMIUM_ARGS, find_chromium
 from app.http import build_app
-from app.log import configure_logging, get_logger
+from app.log import configure_logging, get_logger, register_secret
 from app.qr import log_qr
 from app.settings import load_settings
 from app.status import StatusBoard
+from app.webhook import Webhook
+from tests.support.daemon import DAEMON_SESSION, Daemon
+from tests.support.webhook_receiver import WebhookReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_log_qr_defaults_to_off_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,3 +168,81 @@ async def test_page_in_a_browser_drops_the_token_from_the_address_bar() -> None:
                 await browser.close()
     finally:
         await server.close()
+
+
+DB_PASSWORD = "Zq9xK-db-password-7f3a"
+HOOK_SECRET = "hook-secret-b81c0e5d"
+
+
+def _with_password(database_url: str, password: str) -> str:
+    """The test database's URL with a password in it (the local server trusts the user and
+    ignores it; a real one would check it)."""
+    parts = urlsplit(database_url)
+    if not parts.username or parts.password is not None:
+        pytest.skip("the test database URL has no user to add a password to")
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{host}"))
+
+
+def test_a_daemon_run_logs_no_secret_and_no_qr_code(start: Callable[..., Daemon],
+                                                    database_url: str) -> None:
+    """A real daemon with a token, a database password and a webhook URL carrying a secret;
+    stdout is a pipe and SESSIONKEEPER_LOG_QR is unset. Its whole JSON log and every webhook
+    body are searched for each secret and for the QR payload."""
+    with WebhookReceiver("ok") as receiver:
+        hook = f"{receiver.url}?key={HOOK_SECRET}"
+        daemon = start(DATABASE_URL=_with_password(database_url, DB_PASSWORD),
+                       SESSIONKEEPER_HTTP_TOKEN=TOKEN, SESSIONKEEPER_WEBHOOK_URL=hook,
+                       SESSIONKEEPER_LOG_QR="")  # empty counts as unset
+        shown = daemon.wait_for("qr_required", 60)
+        assert shown["qr_logged"] is False and "qr_payload" not in shown
+        base = f"http://127.0.0.1:{daemon.port}"
+        raw = urllib.request.Request(f"{base}/qr/{DAEMON_SESSION}?format=raw",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(raw, timeout=10) as r:
+            payload = r.read().decode()
+        assert payload.startswith("2@")
+        with urllib.request.urlopen(f"{base}/api/sessions?token={TOKEN}", timeout=10) as r:
+            assert r.status == 200
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(40) == 0
+        deadline = time.monotonic() + 10
+        while not receiver.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        bodies = json.dumps(receiver.received)
+    log = "\n".join(daemon.raw)
+    assert "shutdown_completed" in daemon.names()
+    assert receiver.received, "no webhook body to search"
+    assert all("qr_payload" not in e for e in daemon.events)
+    for secret in (TOKEN, DB_PASSWORD, HOOK_SECRET, payload):
+        assert secret not in log, secret
+        assert secret not in bodies, secret
+
+
+@pytest.mark.anyio
+async def test_webhook_bodies_are_redacted() -> None:
+    register_secret(TOKEN)
+    with WebhookReceiver("ok") as receiver:
+        webhook = Webhook(f"{receiver.url}?key={HOOK_SECRET}", 2.0, backoff=0.05)
+        await webhook.start()
+        try:
+            webhook.send({"event": "snapshot_failed", "session_id": "s1",
+                          "reason": f"rejected: Bearer {TOKEN} at {receiver.url}?key="
+                                    f"{HOOK_SECRET}", "nested": [{"why": TOKEN}]})
+        finally:
+            await webhook.stop(drain=5)
+    [body] = receiver.received
+    text = json.dumps(body)
+    assert TOKEN not in text and HOOK_SECRET not in text
+    assert body["reason"].startswith("rejected: Bearer ***") and body["nested"] == [{"why": "***"}]
+
+
+def test_cli_error_line_masks_the_database_password(daemon_env: dict[str, str]) -> None:
+    """A password with an unescaped '/' is cut short by the URL parser, and the cut-off part
+    was quoted in the error line as a port."""
+    env = {**daemon_env, "DATABASE_URL": "postgresql://u:Zq9xK/rest-of-it@127.0.0.1:5432/db"}
+    done = subprocess.run([sys.executable, "-m", "app", "sessions"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and done.stderr.startswith("sessionkeeper: error:"), done.stderr
+    assert "Zq9xK" not in done.stderr and "rest-of-it" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
