@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -246,3 +247,11 @@ def test_cli_error_line_masks_the_database_password(daemon_env: dict[str, str]) 
     assert done.returncode != 0 and done.stderr.startswith("sessionkeeper: error:"), done.stderr
     assert "Zq9xK" not in done.stderr and "rest-of-it" not in done.stderr, done.stderr
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_deploy_files_set_a_token() -> None:
+    """render.yaml generates the token; the README's Railway steps set one."""
+    blueprint = (ROOT / "render.yaml").read_text()
+    assert re.search(r"- key: SESSIONKEEPER_HTTP_TOKEN\n\s+generateValue: true\n", blueprint)
+    railway = (ROOT / "README.md").read_text().split("### Railway", 1)[1].split("### Render")[0]
+    assert "SESSIONKEEPER_HTTP_TOKEN=${{ secret(32) }}" in railway
