@@ -15,9 +15,10 @@ from typing import Any
 import anyio
 import asyncpg
 
+from app.failures import DB_ERRORS, retrying
 from app.log import get_logger
 from app.metrics import Metrics
-from app.session import DB_ERRORS, SessionRunner, keep_session, retrying
+from app.session import SessionRunner, keep_session
 from app.session_ids import SESSION_ID_RULE, is_session_id
 from app.settings import Settings
 from app.store import leases

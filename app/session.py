@@ -15,9 +15,6 @@ SESSIONKEEPER_SHUTDOWN_TIMEOUT, and the lease is released for the next owner.
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -25,25 +22,19 @@ from typing import Any
 
 import anyio
 import asyncpg
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    wait_exponential,
-)
 
 from app.browser import DevTools, remove_singletons
 from app.drivers.base import Driver
 from app.errors import (
     CaptureInvalid,
     CorruptSnapshot,
-    DatabaseUnavailable,
     LeaseLost,
     NotFound,
     RestoreRejected,
     SessionRemoved,
 )
 from app.events import EventLog
+from app.failures import DB_ERRORS, innermost, is_database_error, reason_of, retrying
 from app.log import get_logger
 from app.login_state import LoginState, Observation
 from app.login_watch import LoginWatch
@@ -57,28 +48,6 @@ from app.vault.options import VaultOptions
 from app.vault.restore import restore_order, restore_profile
 from app.vault.save import Label, LabelFn, SaveResult, save_snapshot
 from app.webhook import Webhook
-
-# What a database outage looks like from asyncpg: retried with backoff, never fatal. A plain
-# OSError counts only when it names no file and no local errno (see is_database_error): a
-# full disk or a missing folder is no outage, and is reported for what it is.
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DatabaseUnavailable,
-             TimeoutError, asyncio.TimeoutError)
-# Errors of the local machine that come without a file name (a write to a full disk):
-# asyncpg's socket errors carry no file name either, whatever their errno (ENOENT for a
-# missing unix socket), while a file operation of our own names its file.
-_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE,
-                           errno.EROFS, errno.EIO, errno.ENOMEM})
-
-
-def is_database_error(exc: BaseException) -> bool:
-    """True for an error of the database or the network to it (retried, `degraded`); False
-    for a local one (a full disk, a missing folder), which is an error in its own right."""
-    if isinstance(exc, ConnectionError | socket.gaierror | TimeoutError | asyncio.TimeoutError):
-        return True
-    if isinstance(exc, OSError):
-        return exc.filename is None and exc.errno not in _LOCAL_ERRNOS
-    return isinstance(exc, DB_ERRORS)
-
 
 # Of SESSIONKEEPER_SHUTDOWN_TIMEOUT, what a child may take to exit before it is killed leaves
 # this much (at most 10 s) for the final snapshot.
@@ -94,33 +63,6 @@ def close_reserve(timeout: float) -> float:
     """Of the shutdown timeout, what is kept for closing the pool, the webhook and the HTTP
     server after the sessions have shut down."""
     return min(2.0, timeout * 0.1)
-
-
-def _reason(exc: BaseException) -> str:
-    """An error as one short line for a log field (its type when it has no message)."""
-    exc = _leaf(exc)
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first error inside (nested) exception groups: what actually went wrong."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def retrying(log: Any, event: str, max_wait: float = 60.0) -> AsyncRetrying:
-    """Retry database errors with exponential backoff, logging each retry as `event`."""
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(event, attempt=state.attempt_number,
-                    reason=_reason(exc) if exc else None,
-                    retry_in_s=round(state.upcoming_sleep, 1))
-
-    return AsyncRetrying(retry=retry_if_exception(is_database_error),
-                         wait=wait_exponential(multiplier=1, min=1, max=max_wait),
-                         before_sleep=before_sleep, reraise=True)
 
 
 class SessionRunner:
@@ -354,7 +296,7 @@ class SessionRunner:
                                             self.lease_token, ttl)
             except DB_ERRORS as exc:
                 self.degraded = True
-                self.log.warning("lease_renewal_failed", reason=_reason(exc))
+                self.log.warning("lease_renewal_failed", reason=reason_of(exc))
                 continue
             if ok is False:
                 raise LeaseLost("another process took the lease")
@@ -434,7 +376,7 @@ class SessionRunner:
         try:
             LocalMarker(self.session_id, generation, self.lease_token, label).write(self.profile)
         except OSError as exc:
-            self.log.warning("local_marker_failed", reason=_reason(exc))
+            self.log.warning("local_marker_failed", reason=reason_of(exc))
 
     # ------------------------------------------------------------------ run
 
@@ -478,7 +420,7 @@ class SessionRunner:
                                                         self.owner, self.lease_token)
         except DB_ERRORS as exc:
             self.log.warning("restore_fallback_failed", generation=generation,
-                             reason=_reason(exc))
+                             reason=reason_of(exc))
             return
         if not marked:
             return
@@ -499,7 +441,7 @@ class SessionRunner:
                                                     self.lease_token)
                 await self._read_snapshot_facts(conn)
         except DB_ERRORS as exc:
-            self.log.warning("mark_logged_out_failed", reason=_reason(exc))
+            self.log.warning("mark_logged_out_failed", reason=reason_of(exc))
             return []
         return marked
 
@@ -515,10 +457,10 @@ class SessionRunner:
         except (*DB_ERRORS, CaptureInvalid) as exc:
             if is_database_error(exc):
                 self.degraded = True
-                self.log.warning("login_checkpoint_deferred", reason=_reason(exc))
+                self.log.warning("login_checkpoint_deferred", reason=reason_of(exc))
             else:
-                self.log.error("snapshot_failed", kind="login", reason=_reason(exc),
-                               error=type(_leaf(exc)).__name__)
+                self.log.error("snapshot_failed", kind="login", reason=reason_of(exc),
+                               error=type(innermost(exc)).__name__)
         await self.driver.resume(self)
 
     async def snapshot_loop(self) -> None:
@@ -544,8 +486,8 @@ class SessionRunner:
                                 self.degraded = True
                             raise
             except (CaptureInvalid, OSError) as exc:  # local: the next interval tries again
-                self.log.error("snapshot_failed", kind="periodic", reason=_reason(exc),
-                               error=type(_leaf(exc)).__name__)
+                self.log.error("snapshot_failed", kind="periodic", reason=reason_of(exc),
+                               error=type(innermost(exc)).__name__)
 
     def _label(self) -> Label | LabelFn:
         """What the next snapshot is labelled with: the page's state (run), or the login key
@@ -586,7 +528,7 @@ class SessionRunner:
                     async with self.pool.acquire() as conn:
                         await self._read_snapshot_facts(conn)
                 except DB_ERRORS as exc:  # committed all the same; the page catches up later
-                    self.log.warning("snapshot_facts_unavailable", reason=_reason(exc))
+                    self.log.warning("snapshot_facts_unavailable", reason=reason_of(exc))
             return result
 
     async def _read_snapshot_facts(self, conn: Any) -> None:
@@ -633,8 +575,8 @@ class SessionRunner:
                     result = await self.snapshot("shutdown")
                 except (*DB_ERRORS, CaptureInvalid, LeaseLost) as exc:
                     failed = True
-                    self.log.error("final_snapshot_failed", reason=_reason(exc),
-                                   error=type(_leaf(exc)).__name__)
+                    self.log.error("final_snapshot_failed", reason=reason_of(exc),
+                                   error=type(innermost(exc)).__name__)
             if held and await self._lease_call(leases.release):
                 self.log.info("lease_released", fencing_token=self.lease_token)
         if scope.cancelled_caught:
@@ -666,7 +608,7 @@ class SessionRunner:
             async with bounded(self.pool, self.lease_query_timeout) as conn:
                 return await call(conn, self.session_id, self.owner, self.lease_token, *args)
         except DB_ERRORS as exc:
-            self.log.warning("lease_call_failed", call=call.__name__, reason=_reason(exc))
+            self.log.warning("lease_call_failed", call=call.__name__, reason=reason_of(exc))
             return None
 
     async def _log_handover(self) -> None:
@@ -704,11 +646,11 @@ async def keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bo
         except Exception as exc:
             if not isolate:
                 # The caller still runs the shutdown path: final snapshot, lease released.
-                runner.log.error("session_failed", reason=_reason(exc),
-                                 error=type(_leaf(exc)).__name__, retry_in_s=None)
+                runner.log.error("session_failed", reason=reason_of(exc),
+                                 error=type(innermost(exc)).__name__, retry_in_s=None)
                 raise
-            runner.log.error("session_failed", reason=_reason(exc), error=type(_leaf(exc)).__name__,
-                             retry_in_s=delay)
+            runner.log.error("session_failed", reason=reason_of(exc),
+                             error=type(innermost(exc)).__name__, retry_in_s=delay)
             await runner.driver.abandon()
             runner.lease_token = None
             runner.reset_login()

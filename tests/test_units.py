@@ -326,3 +326,20 @@ def test_malloc_arenas_are_capped_unless_the_operator_chose(env: dict[str, str],
         [sys.executable, "-c", "from app.memory import limit_malloc_arenas as f; print(f())"],
         env={**base, **env}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_database_errors_are_told_from_local_ones() -> None:
+    import errno as errnos
+
+    from app.failures import is_database_error
+
+    assert is_database_error(ConnectionRefusedError(errnos.ECONNREFUSED, "refused"))
+    assert is_database_error(TimeoutError())
+    # asyncpg's socket errors name no file, whatever the errno (a missing unix socket).
+    assert is_database_error(OSError(errnos.ENOENT, "No such file or directory"))
+    assert is_database_error(OSError("Multiple exceptions: [Errno 111] Connect call failed"))
+    # Our own file operations name their file; a full disk or too many open files is local.
+    assert not is_database_error(FileNotFoundError(errnos.ENOENT, "gone", "/p/Default"))
+    assert not is_database_error(OSError(errnos.ENOSPC, "No space left on device"))
+    assert not is_database_error(OSError(errnos.EMFILE, "Too many open files"))
+    assert not is_database_error(RuntimeError("a bug"))
