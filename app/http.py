@@ -7,7 +7,8 @@ asks for the token: a bearer header (API clients, CDP), a cookie, or a `?token=`
 phone's browser opening the page has no header to send). On the page itself `?token=` is
 exchanged once for an HttpOnly, SameSite=Strict cookie and a 303 to the same URL without it, so
 the token leaves the address bar, the page's own requests and any proxy's log; other paths
-(the API, /qr, /cdp) still accept it as a query for clients that cannot set headers.
+(the API, /qr, /cdp) still accept it as a query for clients that cannot set headers. A page
+opened from another site gets no Strict cookie, so it reloads itself once from this origin.
 Nothing is cached by a browser, and the page may not be framed: whoever scans its QR code
 links their account into this browser.
 """
@@ -90,11 +91,28 @@ def _auth_middleware(token: str) -> Any:
         if (_same(bearer, token) or _same(request.cookies.get(COOKIE), cookie)
                 or (bearer is None and not page and _same(query, token))):
             return await handler(request)
+        if page and _cross_site_navigation(request):
+            return _reload_same_site()
         return web.json_response(
             {"error": "a token is required: Authorization: Bearer <token> or ?token="},
             status=401, headers={**_PRIVATE, "WWW-Authenticate": 'Bearer realm="status"'})
 
     return check
+
+
+def _cross_site_navigation(request: web.Request) -> bool:
+    """A page opened from a link on another site (a chat, a mail): the browser withholds a
+    SameSite=Strict cookie from it, and from the 303 that follows an exchange too."""
+    return (request.method == "GET" and request.headers.get("Sec-Fetch-Mode") == "navigate"
+            and request.headers.get("Sec-Fetch-Site") == "cross-site")
+
+
+def _reload_same_site() -> web.Response:
+    """Load the same URL again from this origin, which sends the cookie. That request is
+    same-origin, so it never lands here twice."""
+    return web.Response(text='<!doctype html><meta http-equiv="refresh" content="0">'
+                        "<title>sessionkeeper</title>", content_type="text/html",
+                        charset="utf-8", headers=_HTML)
 
 
 def _exchange(request: web.Request, cookie: str) -> web.Response:

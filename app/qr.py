@@ -20,7 +20,8 @@ def print_terminal_qr(payload: str) -> bool:
 
 def log_qr(log: Any, event: str, payload: str | None, enabled: bool) -> None:
     """One line per new QR code. Terminal art on a TTY; else the payload in a field. With
-    logging of it switched off, the payload (a login credential while it lasts) stays out."""
+    logging of it switched off (SESSIONKEEPER_LOG_QR, off by default without a terminal) the
+    payload stays out: whoever scans it links their account into this browser."""
     if not enabled or not payload:
         log.info(event, qr_logged=False)
         return

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import async_playwright
+from playwright.async_api import Page, async_playwright
 
 from app.chromium import CHROMIUM_ARGS, find_chromium
 from app.http import build_app
@@ -255,3 +255,39 @@ def test_deploy_files_set_a_token() -> None:
     assert re.search(r"- key: SESSIONKEEPER_HTTP_TOKEN\n\s+generateValue: true\n", blueprint)
     railway = (ROOT / "README.md").read_text().split("### Railway", 1)[1].split("### Render")[0]
     assert "SESSIONKEEPER_HTTP_TOKEN=${{ secret(32) }}" in railway
+
+
+@pytest.mark.anyio
+async def test_page_opened_from_a_link_on_another_site() -> None:
+    """An operator taps the page's link in a chat or a mail: a cross-site navigation, on which
+    the browser withholds a SameSite=Strict cookie (also after the 303). The page loads itself
+    again from its own origin once; a visitor without the cookie still gets 401, no loop."""
+    server = await _page_app()
+    try:
+        here, other = (f"http://{host}:{server.port}" for host in ("127.0.0.1", "localhost"))
+
+        async def follow(page: Page, url: str) -> list[tuple[str, int]]:
+            seen: list[tuple[str, int]] = []
+            page.on("response", lambda r: seen.append((r.url, r.status)))
+            await page.goto(f"{other}/healthz")  # another site: localhost is not 127.0.0.1
+            await page.evaluate("""(url) => { const a = document.createElement("a");
+                a.href = url; document.body.appendChild(a); a.click(); }""", url)
+            await page.wait_for_timeout(1500)
+            return [s for s in seen if not s[0].startswith(other)]
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(find_chromium(None)),
+                                               headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                seen = await follow(page, f"{here}/?token={TOKEN}")
+                assert page.url == f"{here}/"
+                assert (f"{here}/", 200) in seen and (f"{here}/api/sessions", 200) in seen
+                context = await browser.new_context()  # a context of its own: no cookie
+                stranger = await context.new_page()
+                seen = await follow(stranger, f"{here}/")
+                assert seen == [(f"{here}/", 200), (f"{here}/", 401)], seen
+            finally:
+                await browser.close()
+    finally:
+        await server.close()
