@@ -64,7 +64,8 @@ def make(**settings: Any) -> tuple[LoginWatch, RecordingSession, Lines]:
     lines = Lines()
     session = RecordingSession()
     log = EventLog(lines, "s", "me", Metrics(), None)
-    watch = LoginWatch(log, Settings(**settings), session)
+    # The codes are logged here as with SESSIONKEEPER_LOG_QR=true (pytest's stdout is no TTY).
+    watch = LoginWatch(log, Settings(**{"log_qr": True, **settings}), session)
     return watch, session, lines
 
 
