@@ -34,6 +34,9 @@ CODECS = (CODEC_ZSTD, CODEC_RAW)
 # past a chunk's start (or the end of the file) cuts it exactly as the whole file would.
 _LOOKAHEAD = max(64 * 1024, MAX_CHUNK)
 _READ = 4 * 1024 * 1024
+# The largest object a store holds: a list object is 36 bytes per chunk of one file, so this
+# is a file of about 1.8 million chunks (15 GB at the 8 KiB average), far beyond a profile.
+MAX_OBJECT_BYTES = 64 * 1024 * 1024
 
 
 def digest(data: bytes | memoryview) -> bytes:
@@ -76,6 +79,38 @@ class Encoder:
         return CODEC_ZSTD, packed
 
 
+def declared_size(stored: bytes | memoryview, what: str) -> int | None:
+    """The content size a zstd frame's header declares (None when it declares none).
+
+    python-zstandard allocates and fills that many bytes whatever max_output_size says, so a
+    few KB that declare gigabytes would be decompressed in full: every caller compares this
+    with what it expects before decompressing."""
+    try:
+        size = zstandard.frame_content_size(stored)
+    except zstandard.ZstdError as exc:
+        raise CorruptSnapshot(f"{what}: not a zstd frame ({exc})") from None
+    return None if size < 0 else size
+
+
+def decompress_bounded(stored: bytes | memoryview, limit: int, what: str,
+                       exact: int | None = None) -> bytes:
+    """Decompress one zstd frame into at most `limit` bytes (exactly `exact` when given);
+    CorruptSnapshot, before anything is decompressed, for a frame that declares more."""
+    declared = declared_size(stored, what)
+    if declared is not None and declared > limit:
+        raise CorruptSnapshot(f"{what}: it declares {declared} bytes uncompressed "
+                              f"(at most {limit}): refused")
+    if exact is not None and declared is not None and declared != exact:
+        raise CorruptSnapshot(f"{what}: it declares {declared} bytes uncompressed, "
+                              f"{exact} expected")
+    try:
+        # Without a declared size, max_output_size caps the output buffer.
+        raw: bytes = zstandard.ZstdDecompressor().decompress(stored, max_output_size=limit)
+    except zstandard.ZstdError as exc:
+        raise CorruptSnapshot(f"{what}: {exc}") from None
+    return raw
+
+
 class Decoder:
     """Decodes stored chunks and checks them against their digest."""
 
@@ -83,16 +118,29 @@ class Decoder:
         self._zstd = zstandard.ZstdDecompressor()
 
     def decode(self, codec: str, stored: bytes, size: int, expected: bytes) -> bytes:
-        """Raw bytes of a chunk; CorruptSnapshot if the codec, size or digest is wrong."""
+        """Raw bytes of a chunk; CorruptSnapshot if the codec, size or digest is wrong.
+
+        `size` comes from the chunk's row or reference (a chunk is at most MAX_CHUNK, a list
+        object at most MAX_OBJECT_BYTES); a zstd frame declaring another size is refused
+        before it is decompressed, so a planted row cannot blow memory up."""
+        what = f"chunk {expected.hex()[:12]}"
+        if not 0 <= size <= MAX_OBJECT_BYTES:
+            raise CorruptSnapshot(f"{what}: size {size} is out of range")
+        if len(stored) > max(size, 64) + 1024:
+            raise CorruptSnapshot(f"{what}: {len(stored)} bytes stored for {size} raw")
         if codec == CODEC_ZSTD:
+            declared = declared_size(stored, what)
+            if declared is not None and declared != size:
+                raise CorruptSnapshot(f"{what}: its frame declares {declared} bytes, "
+                                      f"{size} expected")
             try:
                 raw: bytes = self._zstd.decompress(stored, max_output_size=size)
             except zstandard.ZstdError as exc:
-                raise CorruptSnapshot(f"chunk {expected.hex()[:12]}: {exc}") from None
+                raise CorruptSnapshot(f"{what}: {exc}") from None
         elif codec == CODEC_RAW:
             raw = bytes(stored)
         else:
-            raise CorruptSnapshot(f"chunk {expected.hex()[:12]}: unknown codec {codec!r}")
+            raise CorruptSnapshot(f"{what}: unknown codec {codec!r}")
         if len(raw) != size or digest(raw) != expected:
             raise CorruptSnapshot(f"chunk {expected.hex()[:12]}: digest mismatch")
         return raw

@@ -26,11 +26,10 @@ from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.session_ids import is_session_id
-from app.snapshot.codec import CODECS, Decoder
-from app.snapshot.manifest import ManifestDoc
+from app.snapshot.codec import CODECS, MAX_CHUNK, Decoder
 from app.store import repo
 from app.vault.commit import commit_manifest
-from app.vault.manifests import load_manifest
+from app.vault.manifests import MAX_MANIFEST_STORED, load_manifest, parse_manifest
 from app.vault.options import BATCH_CHUNKS
 
 EXPORT_FORMAT = "sessionkeeper-export"
@@ -38,9 +37,13 @@ EXPORT_VERSION = 1
 HEADER_NAME = "sessionkeeper-export.json"
 MANIFEST_NAME = "manifest.zst"
 _CHUNK_NAME = re.compile(r"^chunks/([0-9a-f]{64})\.([a-z0-9+-]+)$")
-# A chunk is at most 64 KiB; a list object holds 36 bytes per chunk of a file.
-_MAX_MEMBER = 64 * 1024 * 1024
-_MAX_META = 256 * 1024 * 1024
+# Every member's size is checked before it is read. The header is a few hundred bytes; the
+# manifest as manifests.py allows; a chunk member at most its raw size (a chunk that does not
+# shrink is stored raw) plus a frame's overhead, so at most MAX_CHUNK, a list object at most
+# MAX_OBJECT_BYTES. A batch of members read ahead stops at _BATCH_BYTES.
+_MAX_HEADER = 1024 * 1024
+_OVERHEAD = 1024
+_BATCH_BYTES = 32 * 1024 * 1024
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -123,7 +126,8 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> b
     if not member.isfile():
         raise CorruptSnapshot(f"unexpected entry {member.name!r}")
     if member.size > limit:
-        raise CorruptSnapshot(f"entry {member.name!r} is too large")
+        raise CorruptSnapshot(f"entry {member.name!r} is {member.size} bytes (at most {limit}): "
+                              "refused")
     fh: IO[bytes] | None = tar.extractfile(member)
     if fh is None:
         raise CorruptSnapshot(f"unreadable entry {member.name!r}")
@@ -148,16 +152,20 @@ class _Reader:
             return None
         return member.name, _read_member(self.tar, member, limit)
 
-    def chunks(self, count: int) -> list[tuple[bytes, str, bytes]]:
+    def chunks(self, count: int, limit: int) -> list[tuple[bytes, str, bytes]]:
+        """Up to count chunk members of at most limit bytes each (fewer once the batch holds
+        _BATCH_BYTES: memory stays bounded)."""
         out: list[tuple[bytes, str, bytes]] = []
-        while len(out) < count:
-            item = self.next(_MAX_MEMBER)
+        held = 0
+        while len(out) < count and held < _BATCH_BYTES:
+            item = self.next(limit)
             if item is None:
                 break
             match = _CHUNK_NAME.match(item[0])
             if not match or match[2] not in CODECS:
                 raise CorruptSnapshot(f"unexpected entry {item[0]!r}")
             out.append((bytes.fromhex(match[1]), match[2], item[1]))
+            held += len(item[1])
         return out
 
 
@@ -173,7 +181,7 @@ def _object_count(header: dict[str, Any]) -> int | None:
 def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
     try:
         reader = _Reader(file)
-        first = reader.next(_MAX_META)
+        first = reader.next(_MAX_HEADER)
         header = json.loads(first[1]) if first and first[0] == HEADER_NAME else None
         if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
             raise CorruptSnapshot("it does not start with a sessionkeeper export header")
@@ -185,7 +193,7 @@ def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
         count = _object_count(header)
         if count is None:
             raise CorruptSnapshot("its header holds no object count")
-        second = reader.next(_MAX_META)
+        second = reader.next(MAX_MANIFEST_STORED)
         if not second or second[0] != MANIFEST_NAME:
             raise CorruptSnapshot("the manifest is missing")
         if hashlib.sha256(second[1]).hexdigest() != header.get("manifest_sha256"):
@@ -209,7 +217,12 @@ async def import_generation(
         reader, header, packed = await anyio.to_thread.run_sync(_open_reader, file)
     except CorruptSnapshot as exc:
         raise CorruptSnapshot(f"{file}: {exc}") from None
-    doc = ManifestDoc.parse(packed)
+    try:
+        doc = await anyio.to_thread.run_sync(parse_manifest, packed)
+    except CorruptSnapshot as exc:
+        raise CorruptSnapshot(f"{file}: {exc}; nothing imported") from None
+    # No member is larger than the largest object the manifest names.
+    member_limit = max([MAX_CHUNK, *doc.list_refs.values()]) + _OVERHEAD
     # Sizes of the objects we accept: list objects first; chunks once the lists are in.
     sizes = dict(doc.list_refs)
     lists: dict[bytes, bytes] = {}
@@ -225,44 +238,48 @@ async def import_generation(
     received = 0
     progress.start("import", expected)
     try:
-        async with pool.acquire() as conn:
+        # One transaction: an import that fails (or is killed) leaves no chunk and no session
+        # row behind. The chunk lock is taken outside it, so it is released even when the
+        # transaction ended in an error.
+        async with (pool.acquire() as conn, repo.chunk_lock_shared(conn, session_id),
+                    conn.transaction()):
             await repo.ensure_session(conn, session_id)
-            async with repo.chunk_lock_shared(conn, session_id):
-                while batch := await anyio.to_thread.run_sync(reader.chunks, BATCH_CHUNKS):
-                    received += len(batch)
-                    for d, codec, data in batch:
-                        if d not in sizes:
-                            raise CorruptSnapshot(f"chunk {d.hex()[:12]} is not in the manifest")
-                        raw = decoder.decode(codec, data, sizes[d], d)
-                        if d in doc.list_refs:
-                            lists[d] = raw
-                            if len(lists) == len(doc.list_refs):
-                                manifest = doc.resolve(lists)
-                                sizes.update(manifest.chunk_sizes())
-                    present = await repo.existing_digests(conn, session_id, [b[0] for b in batch])
-                    rows = [(d, sizes[d], codec, data) for d, codec, data in batch
-                            if d not in present]
-                    await repo.insert_chunks(conn, session_id, rows)
-                    chunks_new += sum(1 for r in rows if r[0] not in doc.list_refs)
-                    uploaded += sum(len(r[3]) for r in rows)
-                    progress.advance(len(batch))
-                # A damaged member header or a file cut where a member starts reads as the
-                # end of the archive (stream mode): only the count tells what did not come.
-                if received < expected:
-                    raise CorruptSnapshot(f"truncated export: {received} of {expected} objects")
-                if received > expected:
-                    raise CorruptSnapshot(f"{received} objects, its header says {expected}")
-                if manifest is None:
-                    raise CorruptSnapshot("list objects are missing")
-                latest = await repo.latest_generation(conn, session_id)
-                if latest is not None and latest.content_digest == manifest.content_digest():
-                    generation, changed = latest.generation, False
-                else:
-                    generation, uploaded = await commit_manifest(
-                        conn, session_id, manifest, level=3, kind="import",
-                        login_state=login_state, chunks_new=chunks_new,
-                        bytes_uploaded=uploaded, started=started, force=force)
-                    changed = True
+            while batch := await anyio.to_thread.run_sync(
+                    reader.chunks, BATCH_CHUNKS, member_limit):
+                received += len(batch)
+                for d, codec, data in batch:
+                    if d not in sizes:
+                        raise CorruptSnapshot(f"chunk {d.hex()[:12]} is not in the manifest")
+                    raw = decoder.decode(codec, data, sizes[d], d)
+                    if d in doc.list_refs:
+                        lists[d] = raw
+                        if len(lists) == len(doc.list_refs):
+                            manifest = doc.resolve(lists)
+                            sizes.update(manifest.chunk_sizes())
+                present = await repo.existing_digests(conn, session_id, [b[0] for b in batch])
+                rows = [(d, sizes[d], codec, data) for d, codec, data in batch
+                        if d not in present]
+                await repo.insert_chunks(conn, session_id, rows)
+                chunks_new += sum(1 for r in rows if r[0] not in doc.list_refs)
+                uploaded += sum(len(r[3]) for r in rows)
+                progress.advance(len(batch))
+            # A damaged member header or a file cut where a member starts reads as the
+            # end of the archive (stream mode): only the count tells what did not come.
+            if received < expected:
+                raise CorruptSnapshot(f"truncated export: {received} of {expected} objects")
+            if received > expected:
+                raise CorruptSnapshot(f"{received} objects, its header says {expected}")
+            if manifest is None:
+                raise CorruptSnapshot("list objects are missing")
+            latest = await repo.latest_generation(conn, session_id)
+            if latest is not None and latest.content_digest == manifest.content_digest():
+                generation, changed = latest.generation, False
+            else:
+                generation, uploaded = await commit_manifest(
+                    conn, session_id, manifest, level=3, kind="import",
+                    login_state=login_state, chunks_new=chunks_new,
+                    bytes_uploaded=uploaded, started=started, force=force)
+                changed = True
     except (tarfile.TarError, EOFError) as exc:
         raise CorruptSnapshot(f"{file}: damaged export ({exc}); nothing committed") from exc
     except CorruptSnapshot as exc:

@@ -29,6 +29,7 @@ from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.snapshot.codec import Decoder
+from app.snapshot.keep import KeepRules
 from app.snapshot.manifest import FileEntry, Manifest
 from app.snapshot.mounts import is_mount_point
 from app.snapshot.safepath import is_singleton
@@ -43,6 +44,10 @@ from app.vault.options import BATCH_CHUNKS
 from app.vault.statcache import StatCache
 
 _RENAME_EXCHANGE = 2
+# What a restore writes when the caller names no keep rules: anything a snapshot could have
+# taken with some SESSIONKEEPER_INCLUDE, never what every rule drops (lock files, caches, crash
+# reports, LevelDB LOG/LOCK, our own work folder).
+RESTORABLE = KeepRules(base=("**",))
 _AT_FDCWD = -100
 
 
@@ -122,12 +127,22 @@ class _TreeWriter:
 
 async def materialize(
     conn: Conn, session_id: str, manifest: Manifest, target: Path,
-    progress: ProgressSink,
-) -> None:
-    """Write every file of the manifest under target (which must not exist yet)."""
-    files = sorted((f for f in manifest.files if not is_singleton(f.path)), key=lambda f: f.path)
-    paths = [*(d.path for d in manifest.dirs), *(f.path for f in files)]
-    dirs = sorted({d.path for d in manifest.dirs} | {
+    progress: ProgressSink, rules: KeepRules | None = None,
+) -> list[str]:
+    """Write every file of the manifest that the keep rules allow under target (which must
+    not exist yet); the paths left out. A manifest (an imported one, a planted row) cannot
+    put a file where a snapshot would never have taken one from: an extension, a policy, a
+    lock file. Without rules, only what no rules keep is left out (RESTORABLE)."""
+    rules = rules or RESTORABLE
+    files = sorted((f for f in manifest.files
+                    if not is_singleton(f.path) and rules.keeps(f.path)), key=lambda f: f.path)
+    skipped = sorted({f.path for f in manifest.files} - {f.path for f in files})
+    parents = {"/".join(f.path.split("/")[:i]) for f in files
+               for i in range(1, f.path.count("/") + 1)}
+    # A folder comes back when it holds a kept file or the rules keep it (an empty one).
+    kept_dirs = [d for d in manifest.dirs if d.path in parents or rules.keeps(d.path)]
+    paths = [*(d.path for d in kept_dirs), *(f.path for f in files)]
+    dirs = sorted({d.path for d in kept_dirs} | {
         "/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)
     })
     modes = {d.path: d.mode for d in manifest.dirs}
@@ -142,7 +157,7 @@ async def materialize(
     decoder = Decoder()
     refs = [(i, d) for i, f in enumerate(files) for d in f.chunks]
     sizes = manifest.chunk_sizes()
-    progress.start("restore", manifest.bytes_raw)
+    progress.start("restore", sum(f.size for f in files))
     # Fetching the next batches (this task) overlaps with checking and writing (a worker
     # thread); at most two fetched batches wait, so memory stays bounded.
     send, receive = anyio.create_memory_object_stream[
@@ -184,6 +199,7 @@ async def materialize(
     except BaseException:
         writer.abort()
         raise
+    return skipped
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -298,9 +314,10 @@ def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manif
 
 async def restore_profile(
     pool: asyncpg.Pool, session_id: str, profile: Path, *, generation: int | None = None,
-    progress: ProgressSink | None = None,
+    progress: ProgressSink | None = None, rules: KeepRules | None = None,
 ) -> RestoreResult:
-    """Restore the newest good generation (or the named one) into profile."""
+    """Restore the newest good generation (or the named one) into profile, writing only the
+    paths the keep rules allow (RESTORABLE without rules)."""
     log = get_logger(session_id=session_id)
     progress = progress or NullProgress()
     started = time.monotonic()
@@ -336,7 +353,8 @@ async def restore_profile(
             fresh = _fresh_dir(profile, in_place)
             try:
                 manifest = (await load_manifest(conn, session_id, gen)).manifest
-                await materialize(conn, session_id, manifest, fresh, progress)
+                left_out = await materialize(conn, session_id, manifest, fresh, progress,
+                                             rules)
             except OSError as exc:
                 # A local fault (a full disk, too many open files) says nothing about the
                 # generation: falling back would restore an older one over newer data.
@@ -359,6 +377,10 @@ async def restore_profile(
                 if generation is not None:
                     raise CorruptSnapshot(f"generation {gen} cannot be restored: {exc}") from None
                 continue
+            if left_out:
+                log.warning("restore_paths_skipped", generation=gen, count=len(left_out),
+                            paths=left_out[:10],
+                            reason="outside the keep rules: never written")
             # Whatever the marker said of the profile on disk holds no more.
             LocalMarker.clear(profile, session_id)
             try:
