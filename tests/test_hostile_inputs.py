@@ -382,3 +382,68 @@ async def test_restore_writes_only_kept_paths(pool: asyncpg.Pool, profile: Profi
     assert skipped and "Default/Extensions/evil/1.0/manifest.json" in skipped[0]["paths"]
     await restore_profile(pool, "s1", tmp_path / "wide", rules=wide.rules)
     assert (tmp_path / "wide/Default/Extensions/evil/1.0/manifest.json").exists()
+
+
+_RESTORE_CHILD = r"""
+import asyncio, json, sys
+from pathlib import Path
+import asyncpg
+from app.errors import UserError
+from app.vault.restore import restore_profile
+
+async def main() -> dict:
+    pool = await asyncpg.create_pool(sys.argv[1], min_size=1, max_size=2)
+    try:
+        out = await restore_profile(pool, sys.argv[2], Path(sys.argv[3]))
+        return {"ok": True, "generation": out.generation}
+    except UserError as exc:
+        return {"ok": False, "error": str(exc)}
+    finally:
+        await pool.close()
+
+result = asyncio.run(main())
+hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+result["peak_mb"] = int(hwm.split()[1]) / 1024
+print(json.dumps(result))
+"""
+
+
+def _restore_in_child(database_url: str, session: str, target: Path) -> dict[str, object]:
+    proc = subprocess.run([sys.executable, "-c", _RESTORE_CHILD, database_url, session,
+                           str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("child restore:", out)
+    return out
+
+
+@pytest.mark.anyio
+async def test_planted_rows_in_the_daemons_restore(
+        pool: asyncpg.Pool, database_url: str, profile: ProfileTree, options: VaultOptions,
+        tmp_path: Path) -> None:
+    """The daemon's restore reads the same rows: a manifest row that is a bomb makes it fall
+    back to the previous generation, a chunk row that is one fails the generation; memory
+    stays bounded either way (no crash loop)."""
+    await save_snapshot(pool, "s1", profile.root, options)
+    profile.add_blob("more", 50_000)
+    await save_snapshot(pool, "s1", profile.root, options)
+    bomb = _zero_frame(1024 * 1024 * 1024)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE snapshots SET manifest = $1, manifest_sha256 = $2 "
+                           "WHERE session_id = 's1' AND generation = 2",
+                           bomb, hashlib.sha256(bomb).digest())
+    out = _restore_in_child(database_url, "s1", tmp_path / "p1")
+    assert out == {"ok": True, "generation": 1, "peak_mb": out["peak_mb"]}
+    assert float(str(out["peak_mb"])) < PEAK_LIMIT_MB
+
+    await save_snapshot(pool, "s2", profile.root, options)
+    chunk = _zero_frame(512 * 1024 * 1024)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE chunks SET codec = 'zstd', data = $1 WHERE session_id = 's2' AND digest = "
+            "(SELECT digest FROM chunks WHERE session_id = 's2' AND size >= $2 LIMIT 1)",
+            chunk, len(chunk))
+    out = _restore_in_child(database_url, "s2", tmp_path / "p2")
+    assert out["ok"] is False and "could be restored" in str(out["error"]), out
+    assert float(str(out["peak_mb"])) < PEAK_LIMIT_MB
+    assert not (tmp_path / "p2").exists()
