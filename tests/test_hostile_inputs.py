@@ -447,3 +447,34 @@ async def test_planted_rows_in_the_daemons_restore(
     assert out["ok"] is False and "could be restored" in str(out["error"]), out
     assert float(str(out["peak_mb"])) < PEAK_LIMIT_MB
     assert not (tmp_path / "p2").exists()
+
+
+# `sessionkeeper import` itself in a fresh interpreter, with its peak memory on the last line.
+_CLI_CHILD = r"""
+import runpy, sys
+from pathlib import Path
+sys.argv = ["sessionkeeper", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("app", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+sys.stderr.write(f"\nexit={code} peak_mb={int(hwm.split()[1]) / 1024}\n")
+"""
+
+
+@pytest.mark.parametrize("case", [pytest.param("bomb", marks=pytest.mark.slow), "lying size",
+                                  pytest.param("too many entries", marks=pytest.mark.slow)])
+def test_zip_bombs_bounded(case: str, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The RemoteAuth zip route (tests/test_import_sources.py checks each case's message):
+    1 GiB of zeros in 1 MB, an entry holding 64 MiB that claims 1 KiB, 50,001 entries."""
+    from tests.test_import_sources import HOSTILE  # its zip builders
+
+    source = HOSTILE[case][0](tmp_path / "RemoteAuth-bot.zip")
+    proc = subprocess.run([sys.executable, "-c", _CLI_CHILD, "import", "victim", str(source)],
+                          env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    print("child cli:", case, last)
+    assert last.startswith("exit=1 "), proc.stderr[-2000:]
+    assert float(last.split("peak_mb=")[1]) < PEAK_LIMIT_MB, last
