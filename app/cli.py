@@ -149,7 +149,8 @@ async def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str,
         with _progress(args) as progress:
             result = await restore_profile(pool, args.session,
                                            args.profile or settings.profile_dir,
-                                           generation=args.generation, progress=progress)
+                                           generation=args.generation, progress=progress,
+                                           rules=VaultOptions.from_settings(settings).rules)
     return result.as_json()
 
 

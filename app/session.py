@@ -330,7 +330,8 @@ class SessionRunner:
             restored = kept
         else:
             try:
-                result = await restore_profile(self.pool, self.session_id, self.profile)
+                result = await restore_profile(self.pool, self.session_id, self.profile,
+                                               rules=self.options.rules)
                 self.log.info("session_restored", generation=result.generation,
                               files=result.files, bytes=result.bytes_raw,
                               duration_ms=result.duration_ms, login_state=result.login_state)
