@@ -242,7 +242,10 @@ class SessionRunner:
         waited = time.monotonic()
         last_holder: str | None = None
         while True:
-            async for attempt in retrying(self.log, "database_unavailable"):
+            # Short waits: the session is down until the lease is back (a few seconds after
+            # the database, not a backoff of half a minute).
+            async for attempt in retrying(self.log, "database_unavailable",
+                                          max_wait=min(5.0, ttl / 3)):
                 with attempt:
                     sent = time.monotonic()
                     async with bounded(self.pool, self.lease_query_timeout) as conn:

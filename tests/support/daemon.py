@@ -63,9 +63,11 @@ def descendants(root: int) -> list[int]:
 def browser_pids(root: int) -> list[int]:
     """Chromium's main process(es) below root (its helper processes carry --type=...)."""
     table = process_table()
+    # Chromium's zygote children rewrite their command line into one space-joined string:
+    # look for --type= in the whole of it, not only at the start of a NUL-separated word.
     return [pid for pid in descendants(root)
             if pid in table and (cmd := table[pid][1]) and b"chrom" in cmd[0]
-            and b"crashpad" not in cmd[0] and not any(a.startswith(b"--type=") for a in cmd)]
+            and b"crashpad" not in cmd[0] and b"--type=" not in b" ".join(cmd)]
 
 
 def free_port() -> int:
