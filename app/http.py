@@ -192,7 +192,12 @@ def _add_status_routes(app: web.Application, board: StatusBoard,
         return web.Response(body=metrics.exposition(),
                             headers={"Content-Type": CONTENT_TYPE, **_PRIVATE})
 
+    async def favicon(_: web.Request) -> web.Response:
+        """Browsers ask for it on every page: an empty answer, not a 404 in the console."""
+        return web.Response(status=204)
+
     app.router.add_get("/", page)
+    app.router.add_get("/favicon.ico", favicon)
     for path in ASSETS:
         app.router.add_get(path, asset)
     app.router.add_get("/api/sessions", sessions)

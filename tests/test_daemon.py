@@ -398,6 +398,7 @@ def test_several_sessions_in_one_process(start: Callable[..., Daemon],
     assert (profile / "alpha").is_dir() and (profile / "beta").is_dir()
 
     # The checkpoint relaunches Chromium after its log line: wait until alpha's is up again.
+    daemon.wait_for("browser_restarted", 30, session_id="alpha", reason="checkpoint")
     deadline = time.monotonic() + 15
     while True:
         pids = browser_pids(daemon.proc.pid)
