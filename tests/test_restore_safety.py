@@ -133,3 +133,27 @@ async def test_nothing_restorable(
         await restore_profile(pool, "s1", existing, generation=9)
 
 
+
+
+@pytest.mark.anyio
+async def test_a_chunk_swapped_for_other_valid_data_is_detected(
+    pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path
+) -> None:
+    """Bytes that decode cleanly to the right size but are not the chunk (a row restored from
+    another backup, a swapped page): only the digest tells, and restore falls back."""
+    await save_snapshot(pool, "s1", profile.root, options)
+    profile.add_blob("only-in-two", 70_000)
+    await save_snapshot(pool, "s1", profile.root, options)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT generation, manifest FROM snapshots WHERE session_id=$1",
+                                "s1")
+        refs = {r["generation"]: (await open_manifest(conn, "s1", r["manifest"])).referenced()
+                for r in rows}
+        only = next(iter(refs[2] - refs[1]))
+        size = await conn.fetchval("SELECT size FROM chunks WHERE session_id=$1 AND digest=$2",
+                                   "s1", only)
+        # Same size, valid stored form (raw codec), other content.
+        await conn.execute("UPDATE chunks SET codec = 'raw', data = $3, stored_size = $4 "
+                           "WHERE session_id=$1 AND digest=$2", "s1", only, b"\0" * size, size)
+    result = await restore_profile(pool, "s1", tmp_path / "restored")
+    assert result.generation == 1 and [s["generation"] for s in result.skipped] == [2]
