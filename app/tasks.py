@@ -8,11 +8,20 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio.abc import TaskGroup
 
+# What a pipeline's other side sees when one side failed: a consequence, not the cause.
+_CONSEQUENCES = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+
 
 def sole_error(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member groups; exc itself otherwise."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    """The one exception inside (nested) single-member groups; exc itself otherwise. In a
+    pipeline (a stream between two tasks), the side that finds the stream broken because the
+    other side failed is left out: the other side's error is the one that counts."""
+    while isinstance(exc, BaseExceptionGroup):
+        causes = [e for e in exc.exceptions if not isinstance(e, _CONSEQUENCES)] \
+            or list(exc.exceptions)
+        if len(causes) != 1:
+            return exc
+        exc = causes[0]
     return exc
 
 

@@ -343,3 +343,21 @@ def test_database_errors_are_told_from_local_ones() -> None:
     assert not is_database_error(OSError(errnos.ENOSPC, "No space left on device"))
     assert not is_database_error(OSError(errnos.EMFILE, "Too many open files"))
     assert not is_database_error(RuntimeError("a bug"))
+
+
+def test_a_broken_pipeline_reports_the_failure_not_the_broken_stream() -> None:
+    """A restore's writer fails on a corrupt chunk while the fetcher sends the next batch: CI
+    saw both come out of the task group, [BrokenResourceError, CorruptSnapshot], an
+    ExceptionGroup no caller catches. The broken stream is a consequence; the failure counts."""
+    import anyio
+
+    from app.errors import CorruptSnapshot
+    from app.tasks import sole_error
+
+    cause = CorruptSnapshot("chunk abc: not a zstd frame")
+    group = ExceptionGroup("pipeline", [anyio.BrokenResourceError(), cause])
+    assert sole_error(group) is cause
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [cause])])
+    assert sole_error(nested) is cause
+    two = ExceptionGroup("two causes", [cause, OSError("disk")])
+    assert sole_error(two) is two  # two real failures stay together
