@@ -106,9 +106,10 @@ def copy_tree(dest: Path) -> None:
 
 def test_env(copy: Path) -> dict[str, str]:
     """Every process imports app from the copy; no bytecode (a line put back within the same
-    second, at the same size, would otherwise run from a stale .pyc); no coverage."""
+    second, at the same size, would otherwise run from a stale .pyc); no coverage; tests
+    marked slow run too (a break's tests are named on purpose)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    env.update(PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+    env.update(PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", SK_SLOW="1")
     return env
 
 
@@ -135,6 +136,12 @@ def last_lines(log: Path, n: int = 3) -> str:
     return " / ".join(lines[-n:])[-300:]
 
 
+def ran_a_test(log: Path) -> bool:
+    """Whether pytest's summary line of the last run counts a passed test."""
+    run = log.read_text().rsplit("\n$ ", 1)[-1].splitlines()
+    return any(" passed" in line for line in run[-3:])
+
+
 def first_failure(log: Path) -> str:
     """pytest's first FAILED/ERROR summary line of the last run (why the break was caught),
     else its last line."""
@@ -159,6 +166,8 @@ def sabotage(brk: Break, copy: Path, logs: Path, baselines: Baselines,
         return Outcome(brk, "stale", str(exc))
     if brk.tests not in baselines:
         code = run_tests(copy, brk.tests, log, verbose)
+        if code == PASSED and not ran_a_test(log):
+            code = NO_TESTS  # every one skipped: a pass proves nothing
         baselines[brk.tests] = (code, last_lines(log, 1 if code in (USAGE, NO_TESTS) else 3))
     base, said = baselines[brk.tests]
     if base in (USAGE, NO_TESTS):
@@ -188,6 +197,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="run only breaks whose name contains one of these")
     parser.add_argument("--list", action="store_true", help="list the breaks and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that every break still applies to the code (no tests)")
     parser.add_argument("--breaks", type=Path, default=BREAKS, help="the data file")
     parser.add_argument("--keep", action="store_true", help="keep the copy and the logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
@@ -204,6 +215,19 @@ def main() -> int:
             print(f"{b.name}: {b.promise}\n    {b.file}: {b.old}  ->  {b.new}\n"
                   f"    tests: {' '.join(b.tests)}")
         return 0
+
+    if args.check:
+        stale = []
+        for b in breaks:
+            try:
+                b.apply((ROOT / b.file).read_text())
+            except (OSError, ValueError) as exc:
+                stale.append(f"{b.name}: {exc}")
+        for line in stale:
+            print(f"sabotage: stale break {line}", file=sys.stderr)
+        if not stale:
+            print(f"all {len(breaks)} breaks apply")
+        return 1 if stale else 0
 
     work = Path(tempfile.mkdtemp(prefix="sessionkeeper-sabotage-"))
     copy, logs = work / "repo", work / "logs"
