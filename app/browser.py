@@ -30,6 +30,7 @@ from playwright.async_api import BrowserContext, Page, Playwright, async_playwri
 from playwright.async_api import Error as PlaywrightError
 
 from app.browser_processes import LaunchedPids, alive, find_launched, kill_browser, kill_driver
+from app.child_stderr import stderr_to_log
 from app.chromium import CHROMIUM_ARGS, plain_user_agent
 from app.errors import ConfigError
 from app.login_state import LoginState, Observation
@@ -134,7 +135,8 @@ class Browser:
             if self._playwright is not None and self.driver_gone():
                 await self._stop_driver()  # it died: a relaunch needs a new one
             if self._playwright is None:
-                self._playwright = await async_playwright().start()
+                with stderr_to_log("playwright.driver"):  # its warnings as JSON lines
+                    self._playwright = await async_playwright().start()
             return self._playwright
 
     def driver_gone(self) -> bool:

@@ -1,6 +1,11 @@
 """structlog set-up: one event per line, snake_case names with fields, secrets redacted.
 
 JSON when not on a TTY (Railway and Render collect lines), console rendering on a TTY.
+Every line carries the event name twice, as `event` and as `message` (Railway's log viewer
+shows `message`, and its level column reads `level`). The standard library's logging (asyncpg,
+aiohttp, asyncio, `warnings` via logging.captureWarnings) goes through structlog's
+ProcessorFormatter to the same stream, as `library_log` lines whose `message` is the library's
+text, so no plain-text line reaches stderr, which Railway shows as an error.
 Any value that contains a registered secret (the database password, the HTTP token, the webhook
 URL, a key) is masked, and so is the password part of any URL in a field. The CLI registers the
 secrets of its settings as soon as they are read (app/cli.py) and masks its error lines too.
@@ -129,33 +134,89 @@ class _NeverFails:
             pass
 
 
+def _message(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The event name as `message` too: what Railway's viewer shows (`event` stays, for
+    readers that filter on it)."""
+    event_dict["message"] = event_dict.get("event")
+    return event_dict
+
+
+LIBRARY_EVENT = "library_log"
+
+
+def _library_line(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A standard-library record: its text as `message`, `library_log` as the event name, the
+    logger's name (asyncpg, aiohttp.server, py.warnings, ...) as `logger`."""
+    record = event_dict.get("_record")
+    event_dict["message"] = str(event_dict.get("event", ""))
+    event_dict["event"] = LIBRARY_EVENT
+    if isinstance(record, logging.LogRecord):
+        event_dict["logger"] = record.name
+    return event_dict
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["json", "console"] = "json",
     stream: TextIO | None = None,
 ) -> None:
-    """Set up structlog once per process; the stream is stdout for the daemon, stderr for CLI."""
+    """Set up structlog once per process; the stream is stdout for the daemon, stderr for CLI.
+    The standard library's root logger writes to the same stream, through the same
+    redaction and renderer."""
     out: Any = _NeverFails(stream if stream is not None else sys.stdout)
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             _redact_processor,
+            _message,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        # One write per line (message and newline together), so a line of the standard
+        # library's handler below never lands inside one of ours.
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            timestamper,
+            _library_line,
+            structlog.processors.format_exc_info,
+            _redact_processor,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    logging.captureWarnings(True)
+
+
+def bind_session(session_id: str) -> None:
+    """Put session_id on every line logged from here on in this task (and the tasks it
+    starts): the lines of shared code (migrations, the embedded database, libraries) that know
+    no session then still say which one they belong to."""
+    structlog.contextvars.bind_contextvars(session_id=session_id)
 
 
 def get_logger(**fields: Any) -> Any:

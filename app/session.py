@@ -35,7 +35,7 @@ from app.errors import (
 )
 from app.events import EventLog
 from app.failures import DB_ERRORS, innermost, is_database_error, reason_of, retrying
-from app.log import get_logger
+from app.log import bind_session, get_logger
 from app.login_state import LoginState, Observation
 from app.login_watch import LoginWatch
 from app.metrics import Metrics
@@ -336,7 +336,8 @@ class SessionRunner:
                 result = await restore_profile(self.pool, self.session_id, self.profile,
                                                rules=self.options.rules)
                 self.log.info("session_restored", generation=result.generation,
-                              files=result.files, bytes=result.bytes_raw,
+                              files=result.files, bytes_raw=result.bytes_raw,
+                              bytes=result.bytes_raw,  # deprecated name, kept one release
                               duration_ms=result.duration_ms, login_state=result.login_state)
                 self.metrics.restored(self.session_id, result.duration_ms)
                 restored = (result.generation, result.login_state)
@@ -639,6 +640,7 @@ async def keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bo
     """Boot and serve one session. With several sessions a failure of one is logged and the
     session starts over after a pause; the others go on. With once (claim mode) the runner
     ends when serve() returns: its lease went, and the claim loop decides what runs next."""
+    bind_session(runner.session_id)  # this task's lines (migrations, libraries) name it too
     delay = 5.0
     while True:
         try:

@@ -36,7 +36,7 @@ from app.claims import Claimer
 from app.drivers.child import ChildDriver
 from app.drivers.chromium import ChromiumDriver
 from app.http import HttpServer, build_app
-from app.log import get_logger
+from app.log import bind_session, get_logger
 from app.login_state import LoginState
 from app.metrics import Metrics
 from app.session import SessionRunner, close_reserve, keep_session
@@ -177,7 +177,7 @@ def _route_loop_errors() -> None:
         if text is not None and "Connection closed" in text:
             log.debug("driver_connection_closed", reason=text.splitlines()[0][:300])
             return
-        log.warning("loop_error", message=str(context.get("message", ""))[:300],
+        log.warning("loop_error", detail=str(context.get("message", ""))[:300],
                     reason=(text or "").splitlines()[0][:300] if text else None)
 
     loop.set_exception_handler(handler)
@@ -236,6 +236,11 @@ class _StopSignal:
 async def run_daemon(settings: Settings) -> int:
     """`run`: keep the sessions in our own Chromium until a signal; returns the exit code."""
     started = time.monotonic()
+    if settings.max_sessions is None and len(session_settings(settings)) == 1:
+        # One session: every line of the process is about it (migrations, libraries). With
+        # several, each session's task binds its own (keep_session); process-wide lines
+        # (the shared pool's migrations in claim mode, the HTTP server) carry none.
+        bind_session(session_settings(settings)[0].session_id)
     log = get_logger(session_id=settings.session_id)
     check_cdp_settings(settings)
     chromium = find_chromium(settings.chromium_path)
@@ -326,6 +331,7 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
     and after CMD ends (by itself or passed a stop signal) the final snapshot; returns CMD's
     exit code (128+N when signal N ended it)."""
     started = time.monotonic()
+    bind_session(settings.session_id)
     log = get_logger(session_id=settings.session_id)
     profile = settings.profile_dir.absolute()
     login_key = login_key_for(settings)

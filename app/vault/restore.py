@@ -396,8 +396,10 @@ async def restore_profile(
             result = RestoreResult(session_id, gen, len(manifest.files), manifest.bytes_raw,
                                    int((time.monotonic() - started) * 1000), skipped,
                                    labels.get(gen))
+            # `bytes` is deprecated for bytes_raw, kept one release (README, Logs).
             log.info("restore_completed", generation=gen, files=result.files,
-                     bytes=result.bytes_raw, duration_ms=result.duration_ms, swapped=how,
+                     bytes_raw=result.bytes_raw, bytes=result.bytes_raw,
+                     duration_ms=result.duration_ms, swapped=how,
                      skipped=[s["generation"] for s in skipped])
             return result
     raise CorruptSnapshot(

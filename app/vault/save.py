@@ -215,7 +215,8 @@ async def save_snapshot(
             await anyio.to_thread.run_sync(shutil.rmtree, tree.root, True)
     await anyio.to_thread.run_sync(cache.save, cache_path)
     if result.changed:
-        # raw_bytes: the name the status docs use; bytes_raw stays for readers of older lines.
+        # One name per field: bytes_raw, as in --json, the API and the database. raw_bytes is
+        # deprecated, kept one release for readers of it (README, Logs).
         log.info("snapshot_committed", kind=kind, raw_bytes=result.bytes_raw,
                  **result.as_json())
         await prune(pool, session_id, options.keep_generations)

@@ -81,19 +81,27 @@ class Daemon:
     """`python -m app run` with the demo target, its JSON log lines collected as they come."""
 
     def __init__(self, env: dict[str, str], *args: str,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, stderr_apart: bool = False) -> None:
         self.env = env
         self.port = int(env["PORT"])
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
+        self.stderr: list[str] = []  # with stderr_apart: its lines (else they are in raw)
         self.started = time.monotonic()
         # A session of its own: SIGKILL of the whole group takes Chromium down too.
         self.proc = subprocess.Popen(
             command or [sys.executable, "-m", "app", *(args or ("run",))], env=env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if stderr_apart:
+            threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip("\n"))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -138,7 +146,8 @@ class Daemon:
         return [str(e.get("event")) for e in self.events]
 
     def log_text(self) -> str:
-        return "\n".join(self.raw[-60:])
+        stderr = ["stderr:", *self.stderr[-20:]] if self.stderr else []
+        return "\n".join(self.raw[-60:] + stderr)
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
         try:
