@@ -15,16 +15,17 @@ links their account into this browser.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from app.cdp import CdpRoutes
-from app.log import register_secret
+from app.log import get_logger, register_secret
 from app.metrics import CONTENT_TYPE, Metrics
 from app.qr import render_qr
 from app.status import StatusBoard
@@ -206,20 +207,43 @@ def _add_status_routes(app: web.Application, board: StatusBoard,
         app.router.add_get("/metrics", prometheus)
 
 
-class HttpServer:
-    """Runs the app on host:port until stopped."""
+# Every IPv4 and every IPv6 address: Railway's private network is IPv6 only, its public
+# proxy and Render's reach the service over IPv4.
+ANY_HOSTS = ("0.0.0.0", "::")  # noqa: S104
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+
+class HttpServer:
+    """Runs the app on port, on each of hosts, until stopped."""
+
+    def __init__(self, app: web.Application, port: int,
+                 hosts: Sequence[str] = ANY_HOSTS) -> None:
         self._runner = web.AppRunner(app, access_log=None)
-        self.host = host
+        self.hosts = tuple(hosts)
         self.port = port
+        self.bound: list[str] = []
 
     async def start(self) -> None:
-        """Bind and serve."""
+        """Bind and serve. An IPv6 address on a machine without IPv6 is skipped (logged);
+        any other bind error, or none bound at all, raises."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        for host in self.hosts:
+            site = web.TCPSite(self._runner, host, self.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                if ":" not in host or exc.errno not in _NO_IPV6:
+                    raise
+                get_logger().info("ipv6_unavailable", host=host, port=self.port,
+                                  reason=str(exc))
+                continue
+            self.bound.append(host)
+        if not self.bound:
+            raise OSError(f"could not listen on port {self.port}")
 
     async def stop(self) -> None:
         """Stop serving."""
         await self._runner.cleanup()
+
+
+# Binding '::' where the kernel has no IPv6 (ipv6.disable=1, some containers).
+_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})

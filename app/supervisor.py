@@ -283,8 +283,7 @@ async def run_daemon(settings: Settings) -> int:
                             lambda: claimer.pool)
         token = settings.http_token.get_secret_value() if settings.http_token else None
         cdp = CdpRoutes(attachable, settings.cdp_bind) if settings.cdp else None
-        http = HttpServer(build_app(status, board, metrics, token, cdp),
-                          "0.0.0.0", settings.port)  # noqa: S104
+        http = HttpServer(build_app(status, board, metrics, token, cdp), settings.port)
         await http.start()
         stack.push_async_callback(http.stop)
         log.info("daemon_started", target=target.name, chromium=str(chromium),
