@@ -6,14 +6,14 @@ to another offset or another file keeps its chunks: when LevelDB compacts, it re
 that mostly hold blocks of the old ones, and those blocks are found again instead of uploaded.
 Appends to a log change only its last chunk. Chunks are compressed with zstd (level 3 by
 default: level 19 saves 2-5% more at 40-150x the time); a chunk that does not shrink is stored
-raw. The codec name travels with every chunk row so that an encrypted codec can be added
-without a format break.
+raw. The codec name travels with every chunk row: a sealed row's codec also names its cipher and
+key (app/snapshot/sealing.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import zstandard
@@ -117,8 +117,11 @@ class Decoder:
     def __init__(self) -> None:
         self._zstd = zstandard.ZstdDecompressor()
 
-    def decode(self, codec: str, stored: bytes, size: int, expected: bytes) -> bytes:
-        """Raw bytes of a chunk; CorruptSnapshot if the codec, size or digest is wrong.
+    def decode(self, codec: str, stored: bytes | memoryview, size: int, expected: bytes,
+               address: Callable[[bytes], bytes] | None = digest) -> bytes:
+        """Raw bytes of a chunk; CorruptSnapshot if the codec, size or address is wrong
+        (`address`: SHA-256, or a keyed session's HMAC; None where the chunk was
+        authenticated otherwise: a sealed export's member).
 
         `size` comes from the chunk's row or reference (a chunk is at most MAX_CHUNK, a list
         object at most MAX_OBJECT_BYTES); a zstd frame declaring another size is refused
@@ -141,6 +144,6 @@ class Decoder:
             raw = bytes(stored)
         else:
             raise CorruptSnapshot(f"{what}: unknown codec {codec!r}")
-        if len(raw) != size or digest(raw) != expected:
+        if len(raw) != size or (address is not None and address(raw) != expected):
             raise CorruptSnapshot(f"chunk {expected.hex()[:12]}: digest mismatch")
         return raw

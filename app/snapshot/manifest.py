@@ -10,6 +10,10 @@ table or a stored blob never changes, so its list object is stored once and ever
 generation names it in 65 bytes instead of 32 bytes per chunk: the manifest of a 500 MB profile
 stays a few KiB, and a small change writes little more than the change.
 
+Format 3 names how chunks are addressed: `sha256` (a plaintext store, as formats 1 and 2) or
+`hmac-sha256` (an encrypted store: see app/snapshot/sealing.py); list objects are addressed
+the same way. Formats 1 and 2 are still read.
+
 Parsing checks every path (no escape from the target) and that each file's chunk list fits its
 size, so a hostile or damaged manifest fails here, before anything is written to disk.
 """
@@ -19,18 +23,21 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import zstandard
 
 from app.errors import CorruptSnapshot
-from app.snapshot.codec import CHUNKING, FIXED_CHUNK_SIZE, MAX_CHUNK
+from app.snapshot.codec import CHUNKING, FIXED_CHUNK_SIZE, MAX_CHUNK, digest
 from app.snapshot.safepath import UnsafePath, check_relative_path
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FIXED_FORMAT = 1  # fixed 64 KiB chunks, references without sizes
+SIZED_FORMAT = 2  # content-defined chunks, SHA-256 addresses
+ADDRESSING_SHA256 = "sha256"
+ADDRESSING_HMAC = "hmac-sha256"
 DIGEST_BYTES = 32
 REF_BYTES = DIGEST_BYTES + 4
 _REF = struct.Struct(">32sI")
@@ -81,6 +88,8 @@ class Manifest:
 
     files: list[FileEntry] = field(default_factory=list)
     dirs: list[DirEntry] = field(default_factory=list)
+    # How its chunk and list object addresses were computed (ADDRESSING_*).
+    addressing: str = ADDRESSING_SHA256
 
     @property
     def bytes_raw(self) -> int:
@@ -113,14 +122,16 @@ class Manifest:
             h.update(b"\n")
         return h.digest()
 
-    def pack(self, level: int = 3) -> PackedManifest:
-        """Serialise, moving the chunk lists of big files into list objects."""
+    def pack(self, level: int = 3,
+             address: Callable[[bytes], bytes] = digest) -> PackedManifest:
+        """Serialise, moving the chunk lists of big files into list objects (addressed by
+        `address`, the function this manifest's chunks were addressed with)."""
         lists: dict[bytes, bytes] = {}
         rows = []
         for f in sorted(self.files, key=lambda e: e.path):
             packed = pack_refs(f.chunks, f.chunk_sizes())
             if len(f.chunks) > LIST_THRESHOLD:
-                ref = hashlib.sha256(packed).digest()
+                ref = address(packed)
                 lists[ref] = packed
                 rows.append([f.path, f.mode, f.size, f.mtime_ns, LIST_PREFIX + ref.hex(),
                              len(f.chunks)])
@@ -129,6 +140,7 @@ class Manifest:
         doc = {
             "version": FORMAT_VERSION,
             "chunking": CHUNKING,
+            "addressing": self.addressing,
             "dirs": [[d.path, d.mode] for d in sorted(self.dirs, key=lambda e: e.path)],
             "files": rows,
         }
@@ -162,8 +174,12 @@ class ManifestDoc:
             if doc.get("version") == FIXED_FORMAT:
                 if doc.get("chunk_size") != FIXED_CHUNK_SIZE:
                     raise ValueError("unknown chunk size")
-            elif doc.get("version") != FORMAT_VERSION or doc.get("chunking") != CHUNKING:
+            elif (doc.get("version") not in (SIZED_FORMAT, FORMAT_VERSION)
+                  or doc.get("chunking") != CHUNKING):
                 raise ValueError("unknown manifest version")
+            if doc["version"] == FORMAT_VERSION and doc.get("addressing") not in (
+                    ADDRESSING_SHA256, ADDRESSING_HMAC):
+                raise ValueError("unknown addressing")
             refs: dict[bytes, int] = {}
             for row in doc["files"]:
                 size, ref = row[2], row[4]
@@ -227,7 +243,13 @@ class ManifestDoc:
                           mtime_ns, chunks, sizes)
             )
         _check_parents(dirs, files)
-        return Manifest(files=files, dirs=dirs)
+        return Manifest(files=files, dirs=dirs, addressing=self.addressing)
+
+    @property
+    def addressing(self) -> str:
+        """How the manifest's chunks are addressed (SHA-256 before format 3)."""
+        scheme: str = self.doc.get("addressing", ADDRESSING_SHA256)
+        return scheme
 
 
 def _digest(hexed: str) -> bytes:

@@ -1,9 +1,15 @@
 """Export a generation to one portable file, and import it back (into any session).
 
 The file is a tar archive: `sessionkeeper-export.json` (what it holds), `manifest.zst`, then one
-member per chunk, `chunks/<sha256 hex>.<codec>`, with the data as stored. Import streams it,
-checks every chunk against its digest and the manifest against its checksum, and commits the
-generation only once everything is in: a damaged file changes nothing that was stored.
+member per chunk, `chunks/<address hex>.<codec>`, compressed or raw. An encrypted store writes
+version 2: the header names the key (`sealed`), and the manifest and every member are sealed
+with the key's export key (AES-256-GCM, bound to the export's id and the member's name), so
+the file is as safe to keep as the database. A plaintext store writes version 1 as before.
+
+Import streams it, checks every chunk against its address (or, sealed, its authentication tag)
+and the manifest against its checksum, addresses and seals every chunk as the target session
+does, and commits the generation only once everything is in: a damaged file changes nothing
+that was stored.
 """
 
 from __future__ import annotations
@@ -26,14 +32,18 @@ from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.session_ids import is_session_id
-from app.snapshot.codec import CODECS, MAX_CHUNK, Decoder
+from app.snapshot.codec import CODECS, MAX_CHUNK, Decoder, digest
+from app.snapshot.manifest import ADDRESSING_SHA256, FileEntry, Manifest
+from app.snapshot.sealing import SEAL_OVERHEAD, KeySet, VaultKey
 from app.store import repo
+from app.vault import keyring
 from app.vault.commit import commit_manifest
 from app.vault.manifests import MAX_MANIFEST_STORED, load_manifest, parse_manifest
 from app.vault.options import BATCH_CHUNKS
 
 EXPORT_FORMAT = "sessionkeeper-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 1  # plaintext
+SEALED_EXPORT_VERSION = 2
 HEADER_NAME = "sessionkeeper-export.json"
 MANIFEST_NAME = "manifest.zst"
 _CHUNK_NAME = re.compile(r"^chunks/([0-9a-f]{64})\.([a-z0-9+-]+)$")
@@ -42,7 +52,7 @@ _CHUNK_NAME = re.compile(r"^chunks/([0-9a-f]{64})\.([a-z0-9+-]+)$")
 # shrink is stored raw) plus a frame's overhead, so at most MAX_CHUNK, a list object at most
 # MAX_OBJECT_BYTES. A batch of members read ahead stops at _BATCH_BYTES.
 _MAX_HEADER = 1024 * 1024
-_OVERHEAD = 1024
+_OVERHEAD = 1024 + SEAL_OVERHEAD
 _BATCH_BYTES = 32 * 1024 * 1024
 
 
@@ -54,6 +64,53 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class _ExportSeal:
+    """Seals (or, for a plaintext store, passes through) the members of one export file."""
+
+    def __init__(self, key: VaultKey | None, export_id: str) -> None:
+        self.key = key
+        self.export_id = export_id
+
+    @classmethod
+    def new(cls, key: VaultKey | None) -> _ExportSeal:
+        return cls(key, uuid.uuid4().hex)
+
+    @property
+    def version(self) -> int:
+        return SEALED_EXPORT_VERSION if self.key is not None else EXPORT_VERSION
+
+    def header(self) -> dict[str, Any]:
+        if self.key is None:
+            return {}
+        return {"sealed": {"cipher": "aes256gcm", "key_id": self.key.id,
+                           "export_id": self.export_id}}
+
+    def _ad(self, name: str) -> bytes:
+        return b"sk-export\0" + self.export_id.encode() + b"\0" + name.encode()
+
+    def seal(self, name: str, data: bytes) -> bytes:
+        return data if self.key is None else self.key.seal(data, self._ad(name), export=True)
+
+    def open(self, name: str, data: bytes) -> bytes:
+        if self.key is None:
+            return data
+        return self.key.open(data, self._ad(name), f"entry {name!r}", export=True)
+
+    @classmethod
+    def of_header(cls, header: dict[str, Any], keys: KeySet) -> _ExportSeal:
+        """The seal an export's header names (KeyUnavailable without that key)."""
+        if header.get("version") == EXPORT_VERSION:
+            return cls(None, "")
+        sealed = header.get("sealed")
+        if (not isinstance(sealed, dict) or sealed.get("cipher") != "aes256gcm"
+                or not isinstance(sealed.get("key_id"), str)
+                or not isinstance(sealed.get("export_id"), str)):
+            raise CorruptSnapshot("its header does not say how it is sealed")
+        key = keys.key(sealed["key_id"], "this export")
+        return cls(key, sealed["export_id"])
+
+
+@keyring.with_keyring
 async def export_generation(
     pool: asyncpg.Pool, session_id: str, file: Path, *, generation: int | None = None,
     progress: ProgressSink | None = None,
@@ -71,24 +128,33 @@ async def export_generation(
         if info is None:
             raise NotFound(f"session {session_id!r} has no generation {generation}")
         opened = await load_manifest(conn, session_id, info.generation)
-        packed = opened.data  # its checksum was verified by load_manifest
+        source = keyring.active().reader(session_id, opened.manifest)
+        seal = _ExportSeal.new(keyring.active().keys.current)
+        manifest_member = seal.seal(MANIFEST_NAME, opened.plain)
         # List objects first: an importer learns every chunk digest before the chunks come.
         digests = list(dict.fromkeys(
             [*opened.lists, *(d for f in opened.manifest.files for d in f.chunks)]))
+        sizes = {**opened.manifest.chunk_sizes(), **{d: len(raw)
+                                                    for d, raw in opened.lists.items()}}
         header = {
-            "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "session_id": session_id,
+            "format": EXPORT_FORMAT, "version": seal.version, "session_id": session_id,
             "generation": info.generation, "created_at": info.created_at.isoformat(),
             "kind": info.kind, "login_state": info.login_state,
-            "manifest_sha256": hashlib.sha256(packed).hexdigest(), "objects": len(digests),
+            "manifest_sha256": hashlib.sha256(manifest_member).hexdigest(),
+            "objects": len(digests), **seal.header(),
         }
         try:
+            # Owner-only from its first byte (tarfile would create it 0o666 minus the umask).
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             tar = await anyio.to_thread.run_sync(
                 lambda: tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT))
         except OSError as exc:
+            if not isinstance(exc, FileExistsError):
+                tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write {file}: {exc.strerror}") from None
         try:
             _add(tar, HEADER_NAME, json.dumps(header, indent=1).encode())
-            _add(tar, MANIFEST_NAME, packed)
+            _add(tar, MANIFEST_NAME, manifest_member)
             progress.start("export", len(digests))
             written = 0
             for start in range(0, len(digests), BATCH_CHUNKS):
@@ -103,8 +169,12 @@ async def export_generation(
                     total = 0
                     for d in window:
                         chunk = stored[d]
-                        _add(tar, f"chunks/{d.hex()}.{chunk.codec}", chunk.data)
-                        total += len(chunk.data)
+                        inner, data = source.unseal(chunk.codec, chunk.data, sizes[d], d)
+                        source.decode_inner(inner, data, sizes[d], d)  # a bad chunk stops here
+                        name = f"chunks/{d.hex()}.{inner}"
+                        member = seal.seal(name, bytes(data))
+                        _add(tar, name, member)
+                        total += len(member)
                     return total
 
                 written += await anyio.to_thread.run_sync(write)
@@ -119,7 +189,8 @@ async def export_generation(
         "snapshot_exported", generation=info.generation, file=str(file),
         chunks=len(digests), bytes=written)
     return {"session_id": session_id, "generation": info.generation, "file": str(file),
-            "chunks": len(digests), "bytes": written + len(packed)}
+            "chunks": len(digests), "bytes": written + len(manifest_member),
+            "sealed": seal.key is not None}
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
@@ -152,9 +223,9 @@ class _Reader:
             return None
         return member.name, _read_member(self.tar, member, limit)
 
-    def chunks(self, count: int, limit: int) -> list[tuple[bytes, str, bytes]]:
-        """Up to count chunk members of at most limit bytes each (fewer once the batch holds
-        _BATCH_BYTES: memory stays bounded)."""
+    def chunks(self, count: int, limit: int, seal: _ExportSeal) -> list[tuple[bytes, str, bytes]]:
+        """Up to count chunk members of at most limit bytes each, opened (fewer once the batch
+        holds _BATCH_BYTES: memory stays bounded)."""
         out: list[tuple[bytes, str, bytes]] = []
         held = 0
         while len(out) < count and held < _BATCH_BYTES:
@@ -164,7 +235,7 @@ class _Reader:
             match = _CHUNK_NAME.match(item[0])
             if not match or match[2] not in CODECS:
                 raise CorruptSnapshot(f"unexpected entry {item[0]!r}")
-            out.append((bytes.fromhex(match[1]), match[2], item[1]))
+            out.append((bytes.fromhex(match[1]), match[2], seal.open(item[0], item[1])))
             held += len(item[1])
         return out
 
@@ -178,15 +249,17 @@ def _object_count(header: dict[str, Any]) -> int | None:
     return count
 
 
-def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
+def _open_reader(file: Path, keys: KeySet) -> tuple[_Reader, dict[str, Any], _ExportSeal,
+                                                    bytes]:
     try:
         reader = _Reader(file)
         first = reader.next(_MAX_HEADER)
         header = json.loads(first[1]) if first and first[0] == HEADER_NAME else None
         if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
             raise CorruptSnapshot("it does not start with a sessionkeeper export header")
-        if header.get("version") != EXPORT_VERSION:
+        if header.get("version") not in (EXPORT_VERSION, SEALED_EXPORT_VERSION):
             raise CorruptSnapshot(f"export version {header.get('version')} is not supported")
+        seal = _ExportSeal.of_header(header, keys)
         if "session_id" in header and not is_session_id(header["session_id"]):
             raise CorruptSnapshot(f"its header names an invalid session id "
                                   f"{str(header['session_id'])[:140]!r}")
@@ -198,11 +271,23 @@ def _open_reader(file: Path) -> tuple[_Reader, dict[str, Any], bytes]:
             raise CorruptSnapshot("the manifest is missing")
         if hashlib.sha256(second[1]).hexdigest() != header.get("manifest_sha256"):
             raise CorruptSnapshot("manifest checksum mismatch")
-        return reader, header, second[1]
+        return reader, header, seal, seal.open(MANIFEST_NAME, second[1])
     except (tarfile.TarError, EOFError, ValueError, OSError) as exc:
         raise CorruptSnapshot(f"not a readable sessionkeeper export ({exc})") from None
 
 
+def _readdressed(manifest: Manifest, renamed: dict[bytes, bytes], addressing: str) -> Manifest:
+    """The manifest with every chunk under the address the target session gave it."""
+    try:
+        files = [FileEntry(f.path, f.mode, f.size, f.mtime_ns,
+                           tuple(renamed[d] for d in f.chunks), f.chunk_sizes())
+                 for f in manifest.files]
+    except KeyError as exc:
+        raise CorruptSnapshot(f"chunk {bytes(exc.args[0]).hex()[:12]} is missing") from None
+    return Manifest(files=files, dirs=manifest.dirs, addressing=addressing)
+
+
+@keyring.with_keyring
 async def import_generation(
     pool: asyncpg.Pool, session_id: str, file: Path, *, progress: ProgressSink | None = None,
     force: bool = False,
@@ -213,12 +298,16 @@ async def import_generation(
     started = time.monotonic()
     if not file.is_file():
         raise UserError(f"{file} is not a file")
+    ring = keyring.active()
     try:
-        reader, header, packed = await anyio.to_thread.run_sync(_open_reader, file)
+        reader, header, seal, packed = await anyio.to_thread.run_sync(
+            _open_reader, file, ring.keys)
     except CorruptSnapshot as exc:
         raise CorruptSnapshot(f"{file}: {exc}") from None
     try:
         doc = await anyio.to_thread.run_sync(parse_manifest, packed)
+        if doc.addressing != ADDRESSING_SHA256 and seal.key is None:
+            raise CorruptSnapshot("keyed addresses in an export that is not sealed")
     except CorruptSnapshot as exc:
         raise CorruptSnapshot(f"{file}: {exc}; nothing imported") from None
     # No member is larger than the largest object the manifest names.
@@ -229,7 +318,13 @@ async def import_generation(
     manifest = None if doc.list_refs else doc.resolve({})
     if manifest is not None:
         sizes.update(manifest.chunk_sizes())
-    decoder = Decoder()
+    # A plaintext export's chunks are checked against their SHA-256; a sealed one's were
+    # authenticated as they were opened (its keyed addresses belong to the source session).
+    check = Decoder()
+    check_address = digest if seal.key is None else None
+    # Every chunk is addressed and sealed as the target session's own.
+    target = ring.codec(session_id)
+    renamed: dict[bytes, bytes] = {}
     chunks_new = uploaded = 0
     # A label the file may carry; anything else counts as unlabelled.
     login_state = header.get("login_state") if header.get("login_state") in (
@@ -245,23 +340,26 @@ async def import_generation(
                     conn.transaction()):
             await repo.ensure_session(conn, session_id)
             while batch := await anyio.to_thread.run_sync(
-                    reader.chunks, BATCH_CHUNKS, member_limit):
+                    reader.chunks, BATCH_CHUNKS, member_limit, seal):
                 received += len(batch)
+                rows: dict[bytes, tuple[bytes, int, str, bytes]] = {}
                 for d, codec, data in batch:
                     if d not in sizes:
                         raise CorruptSnapshot(f"chunk {d.hex()[:12]} is not in the manifest")
-                    raw = decoder.decode(codec, data, sizes[d], d)
+                    raw = check.decode(codec, data, sizes[d], d, check_address)
                     if d in doc.list_refs:
                         lists[d] = raw
                         if len(lists) == len(doc.list_refs):
                             manifest = doc.resolve(lists)
                             sizes.update(manifest.chunk_sizes())
-                present = await repo.existing_digests(conn, session_id, [b[0] for b in batch])
-                rows = [(d, sizes[d], codec, data) for d, codec, data in batch
-                        if d not in present]
-                await repo.insert_chunks(conn, session_id, rows)
-                chunks_new += sum(1 for r in rows if r[0] not in doc.list_refs)
-                uploaded += sum(len(r[3]) for r in rows)
+                        continue  # the commit stores the target's own list objects
+                    ours = renamed[d] = target.address(raw)
+                    rows[ours] = (ours, len(raw), *target.encode(raw, ours))
+                present = await repo.existing_digests(conn, session_id, list(rows))
+                fresh = [r for d, r in rows.items() if d not in present]
+                await repo.insert_chunks(conn, session_id, fresh)
+                chunks_new += len(fresh)
+                uploaded += sum(len(r[3]) for r in fresh)
                 progress.advance(len(batch))
             # A damaged member header or a file cut where a member starts reads as the
             # end of the archive (stream mode): only the count tells what did not come.
@@ -271,6 +369,7 @@ async def import_generation(
                 raise CorruptSnapshot(f"{received} objects, its header says {expected}")
             if manifest is None:
                 raise CorruptSnapshot("list objects are missing")
+            manifest = _readdressed(manifest, renamed, target.addressing)
             latest = await repo.latest_generation(conn, session_id)
             if latest is not None and latest.content_digest == manifest.content_digest():
                 generation, changed = latest.generation, False

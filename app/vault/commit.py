@@ -8,10 +8,11 @@ import time
 import asyncpg
 
 from app.errors import CorruptSnapshot, LeaseHeld, LeaseLost
-from app.snapshot.manifest import FORMAT_VERSION, Manifest, PackedManifest
+from app.snapshot.manifest import FORMAT_VERSION, Manifest
 from app.store import repo
 from app.store.leases import FENCED_SQLSTATE
 from app.store.repo import Conn
+from app.vault import keyring
 from app.vault.manifests import store_lists
 
 
@@ -29,12 +30,18 @@ async def commit_manifest(
     token, the database refuses the insert if a newer owner exists (LeaseLost); without one,
     while any process holds the session's lease (LeaseHeld), unless force.
     """
-    packed = manifest.pack(level)
-    uploaded = bytes_uploaded + len(packed.data)
-    uploaded += await store_lists(conn, session_id, packed, level)
+    await keyring.check_installed(conn)
+    codec = keyring.active().codec(session_id, level=level)
+    if manifest.addressing != codec.addressing:
+        raise CorruptSnapshot(f"a manifest addressed by {manifest.addressing} cannot be "
+                              f"committed to a store addressed by {codec.addressing}")
+    packed = manifest.pack(level, codec.address)
+    stored = codec.seal_manifest(packed.data)
+    uploaded = bytes_uploaded + len(stored)
+    uploaded += await store_lists(conn, session_id, packed, codec)
     distinct = list(manifest.digests() | set(packed.lists))
     try:
-        return await _insert(conn, session_id, manifest, packed, distinct, uploaded, kind,
+        return await _insert(conn, session_id, manifest, stored, distinct, uploaded, kind,
                              login_state, chunks_new, started, lease_token, force)
     except asyncpg.PostgresError as exc:
         if getattr(exc, "sqlstate", None) == FENCED_SQLSTATE:
@@ -45,7 +52,7 @@ async def commit_manifest(
 
 
 async def _insert(
-    conn: Conn, session_id: str, manifest: Manifest, packed: PackedManifest,
+    conn: Conn, session_id: str, manifest: Manifest, stored: bytes,
     distinct: list[bytes], uploaded: int, kind: str, login_state: str | None, chunks_new: int,
     started: float, lease_token: int | None, force: bool,
 ) -> tuple[int, int]:
@@ -59,8 +66,8 @@ async def _insert(
             )
         generation, _ = await repo.commit_generation(conn, {
             "session_id": session_id, "kind": kind, "login_state": login_state,
-            "format_version": FORMAT_VERSION, "manifest": packed.data,
-            "manifest_sha256": hashlib.sha256(packed.data).digest(),
+            "format_version": FORMAT_VERSION, "manifest": stored,
+            "manifest_sha256": hashlib.sha256(stored).digest(),
             "content_digest": manifest.content_digest(), "files": len(manifest.files),
             "bytes_raw": manifest.bytes_raw,
             "bytes_stored": await repo.stored_size(conn, session_id, distinct),

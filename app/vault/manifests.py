@@ -9,10 +9,12 @@ import anyio
 import zstandard
 
 from app.errors import CorruptSnapshot, NotFound
-from app.snapshot.codec import MAX_OBJECT_BYTES, Decoder, Encoder, declared_size
+from app.snapshot.codec import MAX_OBJECT_BYTES, declared_size
 from app.snapshot.manifest import Manifest, ManifestDoc, PackedManifest
+from app.snapshot.sealing import SessionCodec
 from app.store import repo
 from app.store.repo import Conn
+from app.vault import keyring
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +23,8 @@ class OpenManifest:
 
     manifest: Manifest
     lists: dict[bytes, bytes]
-    data: bytes  # the serialised manifest as stored
+    data: bytes  # the serialised manifest as stored (sealed in an encrypted store)
+    plain: bytes  # the serialised manifest (zstd-compressed JSON)
 
     def referenced(self) -> set[bytes]:
         """Every stored object the generation needs: chunks and list objects."""
@@ -91,22 +94,24 @@ def parse_manifest(data: bytes) -> ManifestDoc:
 
 
 async def open_manifest(conn: Conn, session_id: str, data: bytes) -> OpenManifest:
-    """Parse a manifest and fetch and check its list objects."""
-    doc = await anyio.to_thread.run_sync(parse_manifest, data)
+    """Open (when sealed) and parse a stored manifest; fetch and check its list objects."""
+    ring = keyring.active()
+    plain = SessionCodec.open_manifest(session_id, data, ring.keys)
+    doc = await anyio.to_thread.run_sync(parse_manifest, plain)
     lists: dict[bytes, bytes] = {}
     if doc.list_refs:
         stored = await repo.fetch_chunks(conn, session_id, list(doc.list_refs))
-        decoder = Decoder()
+        codec = ring.codec(session_id, doc.addressing)
 
         def decode() -> None:
             for digest, size in doc.list_refs.items():
                 chunk = stored.get(digest)
                 if chunk is None:
                     raise CorruptSnapshot(f"list object {digest.hex()[:12]} is missing")
-                lists[digest] = decoder.decode(chunk.codec, chunk.data, size, digest)
+                lists[digest] = codec.decode(chunk.codec, chunk.data, size, digest)
 
         await anyio.to_thread.run_sync(decode)
-    return OpenManifest(doc.resolve(lists), lists, data)
+    return OpenManifest(doc.resolve(lists), lists, data, plain)
 
 
 async def load_manifest(conn: Conn, session_id: str, generation: int) -> OpenManifest:
@@ -120,13 +125,13 @@ async def load_manifest(conn: Conn, session_id: str, generation: int) -> OpenMan
     return await open_manifest(conn, session_id, data)
 
 
-async def store_lists(conn: Conn, session_id: str, packed: PackedManifest, level: int) -> int:
+async def store_lists(conn: Conn, session_id: str, packed: PackedManifest,
+                      codec: SessionCodec) -> int:
     """Store the list objects the database lacks; returns the bytes written."""
     if not packed.lists:
         return 0
     present = await repo.existing_digests(conn, session_id, list(packed.lists))
-    encoder = Encoder(level)
-    rows = [(d, len(raw), *encoder.encode(raw)) for d, raw in packed.lists.items()
+    rows = [(d, len(raw), *codec.encode(raw, d)) for d, raw in packed.lists.items()
             if d not in present]
     if rows:
         await repo.insert_chunks(conn, session_id, rows)

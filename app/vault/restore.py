@@ -28,7 +28,6 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import Decoder
 from app.snapshot.keep import KeepRules
 from app.snapshot.manifest import FileEntry, Manifest
 from app.snapshot.mounts import is_mount_point
@@ -37,6 +36,7 @@ from app.snapshot.staging import work_dir_for
 from app.store import repo
 from app.store.repo import Conn
 from app.tasks import task_group
+from app.vault import keyring
 from app.vault.inplace import RESTORE_PREFIX, finish_interrupted_swap, swap_contents, work_area
 from app.vault.local_marker import LocalMarker
 from app.vault.manifests import load_manifest
@@ -97,7 +97,9 @@ class _TreeWriter:
             self._close_current()
             self.index += 1
             entry = self.files[self.index]
-            mode = (entry.mode & 0o777) | 0o600
+            # Owner-only whatever the manifest says (an import may claim 0o644): a profile
+            # is a logged-in device. The owner's exec bit is kept.
+            mode = (entry.mode & 0o700) | 0o600
             self.fd = os.open(f"{self.root}/{entry.path}",
                               os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             self.written = 0
@@ -145,16 +147,16 @@ async def materialize(
     dirs = sorted({d.path for d in kept_dirs} | {
         "/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)
     })
-    modes = {d.path: d.mode for d in manifest.dirs}
 
     def make_dirs() -> None:
+        # Owner-only folders whatever modes the manifest records (see _TreeWriter).
         target.mkdir(mode=0o700)
         for rel in dirs:
-            (target / rel).mkdir(mode=(modes.get(rel, 0o700) & 0o777) | 0o700)
+            (target / rel).mkdir(mode=0o700)
 
     await anyio.to_thread.run_sync(make_dirs)
     writer = _TreeWriter(target, files)
-    decoder = Decoder()
+    decoder = keyring.active().reader(session_id, manifest)
     refs = [(i, d) for i, f in enumerate(files) for d in f.chunks]
     sizes = manifest.chunk_sizes()
     progress.start("restore", sum(f.size for f in files))
@@ -296,9 +298,10 @@ def _put_in_place(fresh: Path, profile: Path, in_place: bool) -> str:
     return "contents_after_ebusy"
 
 
-def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manifest) -> None:
+def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manifest,
+                addressing: str) -> None:
     """Record the restored files' stats so the next snapshot need not re-read them."""
-    cache = StatCache(session_id)
+    cache = StatCache(session_id, addressing=addressing)
     cache.belongs_to(generation, manifest.content_digest())
     now = time.time_ns()
     root = str(profile)
@@ -312,6 +315,7 @@ def _seed_cache(profile: Path, session_id: str, generation: int, manifest: Manif
     cache.save(StatCache.path_for(work_dir_for(profile), session_id))
 
 
+@keyring.with_keyring
 async def restore_profile(
     pool: asyncpg.Pool, session_id: str, profile: Path, *, generation: int | None = None,
     progress: ProgressSink | None = None, rules: KeepRules | None = None,
@@ -392,7 +396,8 @@ async def restore_profile(
                     await anyio.to_thread.run_sync(shutil.rmtree, fresh, True)
                 raise UserError(f"cannot put the restored profile in place at {profile}: "
                                 f"{exc.strerror or exc}") from None
-            await anyio.to_thread.run_sync(_seed_cache, profile, session_id, gen, manifest)
+            await anyio.to_thread.run_sync(_seed_cache, profile, session_id, gen, manifest,
+                                           keyring.active().tag(manifest.addressing))
             result = RestoreResult(session_id, gen, len(manifest.files), manifest.bytes_raw,
                                    int((time.monotonic() - started) * 1000), skipped,
                                    labels.get(gen))

@@ -17,6 +17,7 @@ from app.errors import CorruptSnapshot
 from app.log import get_logger
 from app.store import repo
 from app.store.repo import Conn
+from app.vault import keyring
 from app.vault.manifests import open_manifest
 
 _DELETE_BATCH = 1000
@@ -63,6 +64,7 @@ async def collect_garbage(conn: Conn, session_id: str) -> int | None:
 PruneGuard = Callable[[Conn], Awaitable[None]]
 
 
+@keyring.with_keyring
 async def prune(pool: asyncpg.Pool, session_id: str, keep: int,
                 guard: PruneGuard | None = None) -> PruneResult:
     """Delete all but the newest `keep` generations, then collect their chunks."""

@@ -20,8 +20,9 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import Encoder, digest, iter_chunks
+from app.snapshot.codec import iter_chunks
 from app.snapshot.manifest import FileEntry, Manifest
+from app.snapshot.sealing import SessionCodec
 from app.snapshot.staging import (
     StagedTree,
     capture,
@@ -32,6 +33,7 @@ from app.snapshot.staging import (
 from app.store import repo
 from app.store.repo import Conn
 from app.tasks import task_group
+from app.vault import keyring
 from app.vault.commit import commit_manifest
 from app.vault.manifests import load_manifest
 from app.vault.options import BATCH_CHUNKS, VaultOptions
@@ -73,9 +75,10 @@ LabelFn = Callable[[Path], Label]
 QR_OVER_LOGIN = "qr capture; a logged-in generation is kept"
 
 
-def _read_hash(chunks: Iterator[bytes], count: int) -> list[tuple[bytes, bytes]]:
-    """The next `count` chunks of a file with their digests (runs in a worker thread)."""
-    return [(digest(raw), raw) for raw in itertools.islice(chunks, count)]
+def _read_hash(chunks: Iterator[bytes], count: int,
+               address: Callable[[bytes], bytes]) -> list[tuple[bytes, bytes]]:
+    """The next `count` chunks of a file with their addresses (runs in a worker thread)."""
+    return [(address(raw), raw) for raw in itertools.islice(chunks, count)]
 
 
 Batch = list[tuple[bytes, bytes]]
@@ -93,11 +96,11 @@ class _Uploader:
     """
 
     def __init__(self, conn: Conn, session_id: str, known: set[bytes],
-                 level: int, progress: ProgressSink) -> None:
+                 codec: SessionCodec, progress: ProgressSink) -> None:
         self.conn = conn
         self.session_id = session_id
         self.known = known
-        self.encoder = Encoder(level)
+        self.codec = codec
         self.progress = progress
         self.pending: Batch = []
         self.pending_set: set[bytes] = set()
@@ -118,7 +121,8 @@ class _Uploader:
         fh = await anyio.to_thread.run_sync(path.open, "rb")
         chunks = iter_chunks(fh)
         try:
-            while batch := await anyio.to_thread.run_sync(_read_hash, chunks, BATCH_CHUNKS):
+            while batch := await anyio.to_thread.run_sync(_read_hash, chunks, BATCH_CHUNKS,
+                                                          self.codec.address):
                 for d, raw in batch:
                     digests.append(d)
                     sizes.append(len(raw))
@@ -146,7 +150,7 @@ class _Uploader:
 
     async def _store(self, batch: Batch) -> None:
         def encode() -> list[tuple[bytes, int, str, bytes]]:
-            return [(d, len(raw), *self.encoder.encode(raw)) for d, raw in batch]
+            return [(d, len(raw), *self.codec.encode(raw, d)) for d, raw in batch]
 
         rows = await anyio.to_thread.run_sync(encode)
         # Chunks stored earlier (by a generation pruned since, or an interrupted snapshot)
@@ -167,6 +171,7 @@ async def _known_digests(conn: Conn, session_id: str,
         return set()  # not trusted: every chunk is checked against the table instead
 
 
+@keyring.with_keyring
 async def save_snapshot(
     pool: asyncpg.Pool, session_id: str, profile: Path, options: VaultOptions,
     *, kind: str = "manual", login_state: Label | LabelFn = None, keep_login: bool = False,
@@ -188,6 +193,10 @@ async def save_snapshot(
     work = work_dir or work_dir_for(profile)
     cache_path = StatCache.path_for(work, session_id)
     cache = await anyio.to_thread.run_sync(StatCache.load, cache_path, session_id)
+    if cache.addressing != keyring.active().tag():
+        # Recorded under another addressing (the store was keyed since): its chunk lists
+        # would name addresses this store no longer writes.
+        cache = StatCache(session_id, addressing=keyring.active().tag())
     same = await _unchanged_by_stat(pool, session_id, profile, options, cache, started)
     if same is not None:
         log.info("snapshot_unchanged", files=same.files, bytes_raw=same.bytes_raw,
@@ -256,7 +265,7 @@ async def _unchanged_by_stat(
         if known is None or known[:4] != (live.size, live.mtime_ns, live.ino, live.dev):
             return None
         entries.append(FileEntry(rel, live.mode, live.size, live.mtime_ns, *known[4]))
-    manifest = Manifest(files=entries, dirs=dirs)
+    manifest = Manifest(files=entries, dirs=dirs, addressing=keyring.active().addressing)
     async with pool.acquire() as conn:
         latest = await repo.latest_generation(conn, session_id)
     if (latest is None or not cache.matches(latest.generation, latest.content_digest)
@@ -302,13 +311,15 @@ async def _save_tree(
                 pending.append(f)
             else:
                 entries[f.path] = FileEntry(f.path, f.mode, f.size, f.live.mtime_ns, *chunks)
+        codec = keyring.active().codec(session_id, level=options.zstd_level)
         if not pending:
-            manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
+            manifest = Manifest(files=list(entries.values()), dirs=tree.dirs,
+                                addressing=codec.addressing)
             if latest is not None and manifest.content_digest() == latest.content_digest:
                 return result(False, manifest, latest.generation, None)
         async with repo.chunk_lock_shared(conn, session_id):
             uploader = _Uploader(conn, session_id, await _known_digests(conn, session_id, latest),
-                                 options.zstd_level, progress)
+                                 codec, progress)
             progress.start("snapshot", sum(f.size for f in pending))
             async with task_group() as tg:
                 tg.start_soon(uploader.store_batches)
@@ -317,7 +328,8 @@ async def _save_tree(
                     entries[f.path] = FileEntry(f.path, f.mode, sum(sizes), f.live.mtime_ns,
                                                 digests, sizes)
                 await uploader.finish()
-            manifest = Manifest(files=list(entries.values()), dirs=tree.dirs)
+            manifest = Manifest(files=list(entries.values()), dirs=tree.dirs,
+                                addressing=codec.addressing)
             cache.keep_only({f.path for f in tree.files})  # compaction deletes tables
             for f in tree.files:
                 entry = entries[f.path]

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.private_files import private_dir, write_private_text
 from app.snapshot.manifest import pack_refs, unpack_refs
 from app.snapshot.staging import StagedFile
 
@@ -30,6 +31,9 @@ class StatCache:
     # written for (the database may have been wiped or swapped since).
     content_digest: str | None = None
     entries: dict[str, tuple[int, int, int, int, Chunks]] = field(default_factory=dict)
+    # The addressing its chunk lists were made with (Keyring.tag): a cache recorded before
+    # the store was keyed names plaintext addresses.
+    addressing: str = "sha256"
 
     def matches(self, generation: int, content_digest: bytes) -> bool:
         """True if this cache describes that committed generation."""
@@ -55,7 +59,8 @@ class StatCache:
             entries = {}
             for rel, (size, mtime, ino, dev, hexed) in doc["entries"].items():
                 entries[rel] = (size, mtime, ino, dev, unpack_refs(bytes.fromhex(hexed)))
-            return cls(session_id, doc.get("generation"), doc.get("content_digest"), entries)
+            return cls(session_id, doc.get("generation"), doc.get("content_digest"), entries,
+                       str(doc.get("addressing", "sha256")))
         except (OSError, ValueError, KeyError, TypeError):
             return cls(session_id)
 
@@ -90,12 +95,13 @@ class StatCache:
             "session_id": self.session_id,
             "generation": self.generation,
             "content_digest": self.content_digest,
+            "addressing": self.addressing,
             "entries": {
                 rel: [size, mtime, ino, dev, pack_refs(*chunks).hex()]
                 for rel, (size, mtime, ino, dev, chunks) in self.entries.items()
             },
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        write_private_text(tmp, json.dumps(doc, separators=(",", ":")))
         tmp.replace(path)
