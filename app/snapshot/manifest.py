@@ -107,6 +107,14 @@ class Manifest:
             sizes.update(zip(f.chunks, f.chunk_sizes(), strict=True))
         return sizes
 
+    def readdressed(self, renamed: Mapping[bytes, bytes], addressing: str) -> Manifest:
+        """The same files with every chunk under its new address (KeyError for a chunk that
+        `renamed` does not name)."""
+        files = [FileEntry(f.path, f.mode, f.size, f.mtime_ns,
+                           tuple(renamed[d] for d in f.chunks), f.chunk_sizes())
+                 for f in self.files]
+        return Manifest(files=files, dirs=self.dirs, addressing=addressing)
+
     def content_digest(self) -> bytes:
         """Identity of the content (paths, modes, sizes, chunks; not mtimes).
 

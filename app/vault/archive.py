@@ -33,7 +33,7 @@ from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.session_ids import is_session_id
 from app.snapshot.codec import CODECS, MAX_CHUNK, Decoder, digest
-from app.snapshot.manifest import ADDRESSING_SHA256, FileEntry, Manifest
+from app.snapshot.manifest import ADDRESSING_SHA256, Manifest
 from app.snapshot.sealing import SEAL_OVERHEAD, KeySet, VaultKey
 from app.store import repo
 from app.vault import keyring
@@ -279,12 +279,9 @@ def _open_reader(file: Path, keys: KeySet) -> tuple[_Reader, dict[str, Any], _Ex
 def _readdressed(manifest: Manifest, renamed: dict[bytes, bytes], addressing: str) -> Manifest:
     """The manifest with every chunk under the address the target session gave it."""
     try:
-        files = [FileEntry(f.path, f.mode, f.size, f.mtime_ns,
-                           tuple(renamed[d] for d in f.chunks), f.chunk_sizes())
-                 for f in manifest.files]
+        return manifest.readdressed(renamed, addressing)
     except KeyError as exc:
         raise CorruptSnapshot(f"chunk {bytes(exc.args[0]).hex()[:12]} is missing") from None
-    return Manifest(files=files, dirs=manifest.dirs, addressing=addressing)
 
 
 @keyring.with_keyring
