@@ -116,6 +116,11 @@ class Browser:
         return self._context is not None
 
     @property
+    def browser_pid(self) -> int | None:
+        """Chromium's main process while it runs (its memory in /metrics, app/metrics.py)."""
+        return self._pids.chromium if self._context is not None and self._pids else None
+
+    @property
     def page(self) -> Page | None:
         """The page the login state is read from while the browser runs."""
         return self._page

@@ -2,12 +2,14 @@
 
 Counters and histograms are fed as things happen (a snapshot, a restore, a hand-over, an error
 logged by a session); the gauges (login state, lease held, generations kept) are set from the
-sessions' facts each time /metrics is scraped, so they never go stale.
+sessions' facts each time /metrics is scraped, so they never go stale. Memory, what Railway
+and Render bill for: the process collector's `process_*` series (this Python process alone)
+and, per session, the summed RSS and PSS of its Chromium's process tree, read at each scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,14 +17,50 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from app.process_memory import tree_memory
 from app.status import STATES, SessionFacts
 from app.vault.save import SaveResult
 
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# session_id -> the pid of its Chromium's main process, for the sessions whose browser runs.
+BrowserPids = Callable[[], Mapping[str, int]]
+
+
+class BrowserMemory(Collector):
+    """sessionkeeper_browser_{resident,proportional}_memory_bytes and _processes, per
+    session, summed over each Chromium's process tree when scraped (app/process_memory.py)."""
+
+    def __init__(self, pids: BrowserPids) -> None:
+        self.pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        rss = GaugeMetricFamily(
+            "sessionkeeper_browser_resident_memory_bytes", "Summed RSS of the session's "
+            "Chromium processes (shared pages counted in each).", labels=["session"])
+        pss = GaugeMetricFamily(
+            "sessionkeeper_browser_proportional_memory_bytes", "Summed PSS of the session's "
+            "Chromium processes (shared pages split among them): near what the container is "
+            "charged.", labels=["session"])
+        count = GaugeMetricFamily(
+            "sessionkeeper_browser_processes", "Processes of the session's Chromium.",
+            labels=["session"])
+        for session, pid in sorted(self.pids().items()):
+            memory = tree_memory(pid)
+            if memory is None:
+                continue
+            rss.add_metric([session], memory.rss_bytes)
+            count.add_metric([session], memory.processes)
+            if memory.pss_bytes is not None:
+                pss.add_metric([session], memory.pss_bytes)
+        yield from (rss, pss, count)
 
 
 class Metrics:
@@ -31,6 +69,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, _cpu_seconds_total, ...
         self.snapshot_duration = Histogram(
             "sessionkeeper_snapshot_duration_seconds", "Time to take a snapshot that committed "
             "a generation.", ["session"], buckets=_SECONDS, registry=r)
@@ -58,6 +97,10 @@ class Metrics:
         self.errors = Counter(
             "sessionkeeper_errors", "Warning and error events, by event name.", ["kind"],
             registry=r)
+
+    def watch_browsers(self, pids: BrowserPids) -> None:
+        """Report the memory of these sessions' browsers at each scrape."""
+        self.registry.register(BrowserMemory(pids))
 
     def snapshot_committed(self, result: SaveResult) -> None:
         """Count a snapshot; an unchanged profile (no generation) is not one."""

@@ -269,6 +269,9 @@ async def run_daemon(settings: Settings) -> int:
         if settings.max_sessions is None:
             runners += [r for s in session_settings(settings) if (r := make_runner(s))]
         claimer = Claimer(settings, make_runner, runners, metrics, webhook)
+        metrics.watch_browsers(lambda: {
+            r.session_id: pid for r in list(runners)
+            if (pid := getattr(r.driver, "browser_pid", None)) is not None})
 
         def status() -> dict[str, Any]:
             if len(runners) == 1 and settings.max_sessions is None:

@@ -41,6 +41,11 @@ class ChromiumDriver:
         return True
 
     @property
+    def browser_pid(self) -> int | None:
+        """Chromium's main process while it runs, for the memory metric."""
+        return self.browser.browser_pid
+
+    @property
     def devtools(self) -> DevTools | None:
         """Chromium's DevTools endpoint while it runs with CDP on."""
         return self.browser.devtools if self.browser.running else None
