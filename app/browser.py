@@ -30,6 +30,7 @@ from playwright.async_api import BrowserContext, Page, Playwright, async_playwri
 from playwright.async_api import Error as PlaywrightError
 
 from app.browser_processes import LaunchedPids, alive, find_launched, kill_browser, kill_driver
+from app.child_env import browser_env
 from app.child_stderr import stderr_to_log
 from app.chromium import CHROMIUM_ARGS, plain_user_agent
 from app.errors import ConfigError
@@ -165,6 +166,8 @@ class Browser:
             viewport={"width": 1280, "height": 900},
             # A stable language keeps aria-label selectors stable.
             locale="en-US",
+            # No secret of ours in the browser's environment (app/child_env.py).
+            env={**browser_env()},
         )
         self._context = context
         context.on("close", lambda _: self._crashed("browser closed"))

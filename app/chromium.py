@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from app.child_env import browser_env
 from app.errors import ConfigError
 
 SYSTEM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -94,7 +95,8 @@ def plain_user_agent(chromium: Path) -> str | None:
     workers alike, and for the network's User-Agent header. None if the version is unknown."""
     try:
         out = subprocess.run([str(chromium), "--version"], capture_output=True, text=True,
-                             timeout=20, check=False, stdin=subprocess.DEVNULL).stdout
+                             timeout=20, check=False, stdin=subprocess.DEVNULL,
+                             env=browser_env()).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     found = _VERSION.search(out)

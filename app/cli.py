@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 
 import anyio
 import asyncpg
+from pydantic import SecretStr
 
 from app import __version__
 from app.errors import ConfigError, LeaseHeld, UserError
@@ -74,10 +76,52 @@ def _progress(args: argparse.Namespace) -> AbstractContextManager[ProgressSink]:
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Apply pending migrations (open_pool migrates)."""
+    """Apply pending migrations, whatever SESSIONKEEPER_MIGRATE says (run it as the owner)."""
+    settings = settings.model_copy(update={"migrate": True})
     async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
         rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     return {"migrations": [f"{r['version']:04d}_{r['name']}" for r in rows]}
+
+
+async def cmd_keygen(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """A new vault key for SESSIONKEEPER_ENCRYPTION_KEY (nothing is stored anywhere)."""
+    from app.snapshot.sealing import VaultKey, generate_key  # noqa: PLC0415
+
+    key = generate_key()
+    if not args.json:
+        print(key)  # alone on its line, for `export SESSIONKEEPER_ENCRYPTION_KEY=$(...)`
+        return {}
+    return {"key": key, "key_id": VaultKey.parse(key, "key").id}
+
+
+async def cmd_rekey(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Re-seal the whole store under the new key (online, resumable: run it again)."""
+    from app.snapshot.sealing import VaultKey  # noqa: PLC0415
+    from app.vault.rekey import rekey_store  # noqa: PLC0415
+
+    new_text = args.new_key or (settings.encryption_key.get_secret_value()
+                                if settings.encryption_key else None)
+    old_text = args.old_key or (settings.encryption_key_old.get_secret_value()
+                                if settings.encryption_key_old else None)
+    for text in (new_text, old_text):
+        register_secret(text)
+    if not new_text:
+        raise ConfigError("rekey needs the new key: --new-key KEY or "
+                          "SESSIONKEEPER_ENCRYPTION_KEY (`sessionkeeper keygen` prints one)")
+    new = VaultKey.parse(new_text, "--new-key" if args.new_key else
+                         "SESSIONKEEPER_ENCRYPTION_KEY")
+    old = VaultKey.parse(old_text, "--old-key" if args.old_key else
+                         "SESSIONKEEPER_ENCRYPTION_KEY_OLD") if old_text else None
+    if old is not None and old.id == new.id:
+        raise ConfigError("the old and the new key are the same key")
+    # The pool opens the store with both keys (a wrong old key: one line, nothing touched).
+    settings = settings.model_copy(update={
+        "encryption_key": SecretStr(new_text),
+        "encryption_key_old": SecretStr(old_text) if old_text else None})
+    with _progress(args) as progress:
+        async with open_pool(settings, max_size=2) as pool:
+            result = await rekey_store(pool, new, old, progress)
+    return result.as_json()
 
 
 async def cmd_sessions(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -86,7 +130,8 @@ async def cmd_sessions(args: argparse.Namespace, settings: Settings) -> dict[str
 
     if args.action and not args.id:
         raise ConfigError(f"sessions {args.action} needs a session id")
-    async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+    async with (open_pool(settings, max_size=1, read_only=not args.action) as pool,
+                pool.acquire() as conn):
         if args.action == "add":
             await leases.register(conn, args.id, args.target)
             return {"session_id": args.id, "registered": True, "target": args.target}
@@ -99,7 +144,7 @@ async def cmd_sessions(args: argparse.Namespace, settings: Settings) -> dict[str
 
 async def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """List generations of a session."""
-    async with open_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+    async with open_pool(settings, max_size=1, read_only=True) as pool, pool.acquire() as conn:
         if not await repo.session_exists(conn, args.session):
             raise UserError(f"no session {args.session!r} in the database")
         gens = await repo.list_generations(conn, args.session)
@@ -145,7 +190,7 @@ async def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> dict[str
 
 async def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Restore a generation into a profile directory."""
-    async with open_pool(settings) as pool:
+    async with open_pool(settings, read_only=True) as pool:
         with _progress(args) as progress:
             result = await restore_profile(pool, args.session,
                                            args.profile or settings.profile_dir,
@@ -156,7 +201,7 @@ async def cmd_restore(args: argparse.Namespace, settings: Settings) -> dict[str,
 
 async def cmd_export(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Export a generation to a file."""
-    async with open_pool(settings) as pool:
+    async with open_pool(settings, read_only=True) as pool:
         with _progress(args) as progress:
             return await export_generation(pool, args.session, args.file,
                                            generation=args.generation, progress=progress)
@@ -332,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the command; it gets SESSIONKEEPER_PROFILE_DIR and "
                    "SESSIONKEEPER_SESSION_ID")
     add("migrate", cmd_migrate, "apply database migrations")
+    add("keygen", cmd_keygen, "print a new vault key for SESSIONKEEPER_ENCRYPTION_KEY")
+    p = add("rekey", cmd_rekey, "re-seal every stored profile under a new vault key (or seal "
+            "a plaintext store), online and resumable; then set the new key everywhere")
+    p.add_argument("--old-key", metavar="KEY",
+                   help="the key the store is sealed with (default: "
+                   "SESSIONKEEPER_ENCRYPTION_KEY_OLD; none for a plaintext store)")
+    p.add_argument("--new-key", metavar="KEY",
+                   help="the key to seal with (default: SESSIONKEEPER_ENCRYPTION_KEY)")
     p = add("sessions", cmd_sessions, "list sessions; `add ID` / `remove ID` register a "
             "session for replicas in claim mode (SESSIONKEEPER_MAX_SESSIONS)")
     p.add_argument("action", nargs="?", choices=["add", "remove"])
@@ -376,11 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_secrets(settings: Settings) -> None:
-    """No log line or error line prints the database password, the HTTP token or the webhook
-    URL (app/log.py masks every registered value)."""
+    """No log line or error line prints the database password, the HTTP token, the webhook
+    URL or a vault key (app/log.py masks every registered value)."""
     for url in (settings.database_url, settings.webhook_url):
         register_url(url.get_secret_value() if url else None)
-    register_secret(settings.http_token.get_secret_value() if settings.http_token else None)
+    for secret in (settings.http_token, settings.encryption_key, settings.encryption_key_old):
+        register_secret(secret.get_secret_value() if secret else None)
 
 
 def _error(text: str) -> None:
@@ -391,6 +445,9 @@ def _error(text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run one command and exit with its status."""
     limit_malloc_arenas()
+    # Everything this process writes (profile, staging, caches, markers, exports) is the
+    # owner's alone: a profile is a logged-in device.
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:

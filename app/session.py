@@ -43,6 +43,7 @@ from app.settings import Settings
 from app.status import SessionFacts, SnapshotFacts
 from app.store import leases, repo
 from app.store.db import bounded, open_pool
+from app.store.schema import SchemaNotReady
 from app.vault.local_marker import LocalMarker, profile_has_files
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_order, restore_profile
@@ -650,7 +651,8 @@ async def keep_session(runner: SessionRunner, stack: AsyncExitStack, isolate: bo
             if once or runner.ended is not None:
                 return
         except Exception as exc:
-            if not isolate:
+            # A store missing or behind the code is the same for every session: no retry.
+            if not isolate or isinstance(exc, SchemaNotReady):
                 # The caller still runs the shutdown path: final snapshot, lease released.
                 runner.log.error("session_failed", reason=reason_of(exc),
                                  error=type(innermost(exc)).__name__, retry_in_s=None)

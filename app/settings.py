@@ -46,6 +46,9 @@ ACCEPTS: dict[str, str] = {
     "data_dir": "a directory path",
     "db_connect_timeout": "a number of seconds > 0",
     "db_command_timeout": "a number of seconds > 0",
+    "db_schema": "a lower-case identifier: a-z, 0-9 and _, 1-63 characters, not starting with "
+    "a digit",
+    "migrate": "true or false",
     "target": "'whatsapp', 'demo' or 'custom'",
     "target_url": "an http:// or https:// URL",
     "qr_selector": "a CSS selector",
@@ -113,6 +116,18 @@ class Settings(BaseSettings):
         default=Path(".sessionkeeper/profile"),
         description="Chromium user-data-dir that is restored into and snapshotted.",
     )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Vault key (32 bytes, base64; `sessionkeeper keygen` prints one): every "
+        "chunk, list object, manifest and export is sealed with AES-256-GCM and addressed by "
+        "HMAC. Unset: stored in plaintext (`encryption_disabled` at start).",
+    )
+    encryption_key_old: SecretStr | None = Field(
+        default=None,
+        description="The previous vault key during a rotation: rows still sealed with it are "
+        "read, new ones are sealed with SESSIONKEEPER_ENCRYPTION_KEY (`sessionkeeper rekey` "
+        "re-seals the rest).",
+    )
     keep_generations: int = Field(default=5, ge=1, description="Generations kept per session.")
     log_format: Literal["json", "console"] | None = Field(
         default=None, description="Log format; default json unless stdout is a TTY.",
@@ -146,6 +161,17 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="Longest a single query may take (client timeout and the server's "
         "statement_timeout): a half-open connection never blocks for longer.",
+    )
+    db_schema: str = Field(
+        default="sessionkeeper", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema that holds every table (made by the migrations; a store "
+        "found in `public` is moved there). Each connection's search_path is this schema alone.",
+    )
+    migrate: bool = Field(
+        default=True,
+        description="Apply pending migrations at start (needs the owner role). false: "
+        "`sessionkeeper migrate` does it, and a store behind the code stops the process with "
+        "one line. Read-only commands never migrate.",
     )
 
     target: Literal["whatsapp", "demo", "custom"] = Field(
@@ -374,7 +400,8 @@ def load_settings(**overrides: Any) -> Settings:
         name = env_name(field) if field in Settings.model_fields else field
         raw = os.environ.get(name, overrides.get(field))
         accepts = ACCEPTS.get(field, err["msg"])
-        secret = field in ("database_url", "http_token", "webhook_url")
+        secret = field in ("database_url", "http_token", "webhook_url", "encryption_key",
+                          "encryption_key_old")
         shown = "" if secret else f"={raw!r}"
         raise ConfigError(f"invalid {name}{shown}: accepts {accepts}") from None
 

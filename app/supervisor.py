@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 
 from app.cdp import CdpRoutes, check_cdp_settings
+from app.child_env import exec_env
 from app.chromium import find_chromium
 from app.claims import Claimer
 from app.drivers.child import ChildDriver
@@ -42,6 +43,7 @@ from app.metrics import Metrics
 from app.session import SessionRunner, close_reserve, keep_session
 from app.settings import Settings
 from app.status import StatusBoard
+from app.store.schema import SchemaNotReady
 from app.targets import WHATSAPP, Target, custom_target, demo_target, demo_url, login_key_for
 from app.webhook import Webhook
 
@@ -233,6 +235,16 @@ class _StopSignal:
         scope.cancel()
 
 
+def warn_if_unencrypted(settings: Settings, log: Any) -> None:
+    """`encryption_disabled`: a stored profile is a working linked device, and without a key
+    whoever reads the database (or a dump, or a backup) can take the account over."""
+    if settings.encryption_key is None:
+        log.warning("encryption_disabled",
+                    note="profiles are stored in plaintext: set SESSIONKEEPER_ENCRYPTION_KEY "
+                    "(`sessionkeeper keygen` prints one; `sessionkeeper rekey` seals what is "
+                    "already stored)")
+
+
 async def run_daemon(settings: Settings) -> int:
     """`run`: keep the sessions in our own Chromium until a signal; returns the exit code."""
     started = time.monotonic()
@@ -242,6 +254,7 @@ async def run_daemon(settings: Settings) -> int:
         # (the shared pool's migrations in claim mode, the HTTP server) carry none.
         bind_session(session_settings(settings)[0].session_id)
     log = get_logger(session_id=settings.session_id)
+    warn_if_unencrypted(settings, log)
     check_cdp_settings(settings)
     chromium = find_chromium(settings.chromium_path)
     target = _target_of(settings)
@@ -296,6 +309,7 @@ async def run_daemon(settings: Settings) -> int:
             log.warning("status_page_unprotected", port=settings.port,
                         fix="set SESSIONKEEPER_HTTP_TOKEN: the page shows the login QR code")
         failed = False
+        not_ready: SchemaNotReady | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
@@ -305,8 +319,9 @@ async def run_daemon(settings: Settings) -> int:
                     for runner in runners:
                         tg.start_soon(runner.driver.prepare)
                         tg.start_soon(keep_session, runner, stack, len(runners) > 1)
-        except Exception:
+        except Exception as exc:
             failed = True
+            not_ready = schema_not_ready(exc)
         results: list[bool] = []
 
         async def shut(runner: SessionRunner) -> None:
@@ -316,7 +331,21 @@ async def run_daemon(settings: Settings) -> int:
             for runner in runners:
                 tg.start_soon(shut, runner)
         await _close_bounded(stack, stop.close_budget(settings))
+    if not_ready is not None:
+        raise not_ready  # the CLI's one line: run `sessionkeeper migrate`
     return 1 if failed or not all(results) else 0
+
+
+def schema_not_ready(exc: BaseException) -> SchemaNotReady | None:
+    """The store is missing or behind the code (SESSIONKEEPER_MIGRATE=false, or a role that may
+    not migrate): found inside exc, it ends the process with its one line."""
+    if isinstance(exc, SchemaNotReady):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := schema_not_ready(inner)) is not None:
+                return found
+    return None
 
 
 async def _close_bounded(stack: AsyncExitStack, seconds: float) -> None:
@@ -335,11 +364,13 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
     started = time.monotonic()
     bind_session(settings.session_id)
     log = get_logger(session_id=settings.session_id)
+    warn_if_unencrypted(settings, log)
     profile = settings.profile_dir.absolute()
     login_key = login_key_for(settings)
     async with AsyncExitStack() as stack:
         demo_site = await stack.enter_async_context(_demo_site(settings))
-        env = {**os.environ, "SESSIONKEEPER_PROFILE_DIR": str(profile),
+        # The user's command keeps its environment, but not the vault keys (app/child_env.py).
+        env = {**exec_env(), "SESSIONKEEPER_PROFILE_DIR": str(profile),
                "SESSIONKEEPER_SESSION_ID": settings.session_id}
         if demo_site is not None:
             env.setdefault("SESSIONKEEPER_TARGET_URL", demo_url(settings))
@@ -352,6 +383,7 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
         log.info("exec_started", command=list(command), profile=str(profile),
                  login_item=f"{login_key.key} on {login_key.origin}" if login_key else None)
         failed = False
+        not_ready: SchemaNotReady | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
@@ -361,10 +393,13 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
                     tg.cancel_scope.cancel()  # the child ended by itself
 
                 tg.start_soon(serve)
-        except Exception:
+        except Exception as exc:
             failed = True
+            not_ready = schema_not_ready(exc)
         done = await runner.shutdown(stop.name, stop.at)
         await _close_bounded(stack, stop.close_budget(settings))
+    if not_ready is not None:
+        raise not_ready
     if driver.exit_code is not None and not failed:
         return driver.exit_code
     return 0 if done and not failed else 1

@@ -27,6 +27,7 @@ import zstandard  # noqa: E402
 
 from app.settings import Settings  # noqa: E402
 from app.store.db import open_pool  # noqa: E402
+from app.store.schema import DEFAULT_SCHEMA, server_settings  # noqa: E402
 from app.vault.restore import restore_profile  # noqa: E402
 from scripts.bench_vault import admin, server_url, with_db  # noqa: E402
 from tests.support.daemon import Daemon, free_port  # noqa: E402
@@ -77,7 +78,7 @@ async def new_chunks_by_file(url: str, generation: int) -> dict[str, int]:
     """Which files brought new chunks into a generation (diagnostics for the report)."""
     from app.vault.manifests import load_manifest
 
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url, server_settings=server_settings(DEFAULT_SCHEMA))
     try:
         old = (await load_manifest(conn, SESSION, generation - 1)).manifest
         new = (await load_manifest(conn, SESSION, generation)).manifest

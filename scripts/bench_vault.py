@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
+from app.store.schema import DEFAULT_SCHEMA, server_settings  # noqa: E402
 from tests.support.profile_tree import build_profile  # noqa: E402
 
 MiB = 1024 * 1024
@@ -49,7 +50,7 @@ def run_cli(env: dict[str, str], *args: str) -> tuple[dict[str, Any], float, int
 
 
 async def table_bytes(url: str) -> int:
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url, server_settings=server_settings(DEFAULT_SCHEMA))
     try:
         size: int = await conn.fetchval(
             "SELECT pg_total_relation_size('chunks') + pg_total_relation_size('snapshots')")

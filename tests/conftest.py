@@ -22,6 +22,7 @@ import pytest
 from app.settings import Settings
 from app.store.db import open_pool
 from app.store.migrate import migrate
+from app.store.schema import DEFAULT_SCHEMA
 from app.vault.options import VaultOptions
 from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
 from tests.support.pgproxy import PgProxy
@@ -106,7 +107,11 @@ def template_db(pg_server_url: str) -> Iterator[str]:
 def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     """A fresh database for one test, already migrated."""
     name = f"sk_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    # The database's default search_path lets a test's own raw SQL name the tables unqualified;
+    # the app sets it on every connection it makes (tests/test_least_privilege.py checks that
+    # on databases without this default).
+    asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"',
+                       f'ALTER DATABASE "{name}" SET search_path TO {DEFAULT_SCHEMA}'))
     yield _with_db(pg_server_url, name)
     asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -19,7 +19,7 @@ async def test_schema_from_migrations(empty_database_url: str) -> None:
         applied = await migrate(conn)
         assert applied == [m.version for m in load_migrations()]
         tables = {r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'sessionkeeper'")}
         assert {"sessions", "snapshots", "chunks", "schema_migrations"} <= tables
         # Chunk data is stored uncompressed by PostgreSQL (it is zstd already).
         storage = await conn.fetchval(
@@ -47,7 +47,7 @@ async def test_two_processes_at_once(empty_database_url: str) -> None:
     assert sorted(len(r) for r in results) == [0, 0, 0, len(load_migrations())]
     conn = await asyncpg.connect(empty_database_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(
+        assert await conn.fetchval("SELECT count(*) FROM sessionkeeper.schema_migrations") == len(
             load_migrations())
     finally:
         await conn.close()

@@ -141,7 +141,8 @@ async def test_empty_directories_and_modes_come_back(
     target = tmp_path / "restored"
     await restore_profile(pool, "s1", target)
     assert (target / "Default/IndexedDB/https_other_0.indexeddb.blob").is_dir()
-    assert (target / "Default/Preferences").stat().st_mode & 0o777 == 0o640
+    # Owner-only whatever the live mode was (issue 13: a profile is a logged-in device).
+    assert (target / "Default/Preferences").stat().st_mode & 0o777 == 0o600
     assert (target / "Default/Preferences").stat().st_mtime_ns == pref.stat().st_mtime_ns
 
 
@@ -214,7 +215,7 @@ async def test_any_change_the_stat_check_cannot_vouch_for_is_captured(
         data = cookies.read_bytes()
         cookies.write_bytes(data)  # same bytes, new mtime
     elif change == "mode":
-        cookies.chmod(0o640)
+        cookies.chmod(0o740)  # the owner's exec bit: what an owner-only mode keeps
     elif change == "new_dir":
         (profile.root / "Default" / "Local Storage" / "extra").mkdir()
     else:

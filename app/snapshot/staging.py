@@ -20,6 +20,7 @@ from pathlib import Path
 
 from app.errors import CaptureInvalid
 from app.log import get_logger
+from app.private_files import DIR_MODE, owner_only, private_dir
 from app.snapshot.keep import (
     SW_DATABASE,
     SW_SCRIPTS,
@@ -92,7 +93,8 @@ def work_dir_for(profile: Path) -> Path:
 
 
 def _live(st: os.stat_result) -> LiveStat:
-    return LiveStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, stat.S_IMODE(st.st_mode))
+    return LiveStat(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev,
+                    owner_only(stat.S_IMODE(st.st_mode), directory=False))
 
 
 def _walk(profile: Path, rules: KeepRules) -> tuple[dict[str, LiveStat], dict[str, int]]:
@@ -122,7 +124,7 @@ def _scan(profile: Path, rules: KeepRules,
                 if rules.prunes_dir(rel):
                     continue
                 if rules.keeps(rel):
-                    dirs[rel] = stat.S_IMODE(st.st_mode)
+                    dirs[rel] = owner_only(stat.S_IMODE(st.st_mode), directory=True)
                 stack.append(rel)
             elif stat.S_ISREG(st.st_mode) and rules.keeps(rel):
                 files[rel] = _live(st)
@@ -264,9 +266,9 @@ def stage(profile: Path, staging: Path, rules: KeepRules) -> StagedTree:
     problems: list[Problem] = []
     files, dirs = _walk(profile, rules)
     _drop_unpaired(files, dirs, notes)
-    staging.mkdir(parents=True)
+    staging.mkdir(mode=DIR_MODE, parents=True)
     for d in _dir_entries(files, dirs):
-        (staging / d.path).mkdir(exist_ok=True)
+        (staging / d.path).mkdir(mode=DIR_MODE, exist_ok=True)
 
     def put(rel: str, live: LiveStat) -> bool:
         link = is_immutable(rel) or _is_pinned(rel)
@@ -351,7 +353,7 @@ def capture(
     """Stage and validate, retrying a torn copy; CaptureInvalid when every attempt was torn."""
     if not profile.is_dir():
         raise CaptureInvalid(f"profile directory {profile} does not exist")
-    work_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(work_dir)
     problems: list[Problem] = []
     retried: list[dict[str, object]] = []
     for attempt in range(1, attempts + 1):

@@ -15,6 +15,7 @@ import asyncpg
 from app.errors import ConfigError, DatabaseUnavailable
 from app.log import get_logger, register_secret
 from app.settings import Settings
+from app.store.schema import DEFAULT_SCHEMA, require_current, server_settings
 
 # The longest a pool is given to close its connections gracefully.
 POOL_CLOSE_S = 3.0
@@ -59,10 +60,12 @@ async def database_url(settings: Settings) -> str:
         ) from None
 
 
-async def connect(url: str, connect_timeout: float = 10.0) -> asyncpg.Connection:
-    """One connection, with errors turned into one clear line."""
+async def connect(url: str, connect_timeout: float = 10.0,
+                  schema: str = DEFAULT_SCHEMA) -> asyncpg.Connection:
+    """One connection on our schema, with errors turned into one clear line."""
     try:
-        conn: asyncpg.Connection = await asyncpg.connect(url, timeout=connect_timeout)
+        conn: asyncpg.Connection = await asyncpg.connect(
+            url, timeout=connect_timeout, server_settings=server_settings(schema))
         return conn
     except (asyncpg.InterfaceError, ValueError) as exc:
         raise ConfigError(f"invalid DATABASE_URL: {exc}") from None
@@ -95,16 +98,26 @@ async def bounded(pool: asyncpg.Pool, seconds: float) -> AsyncIterator[Any]:
 @asynccontextmanager
 async def open_pool(
     settings: Settings, *, min_size: int = 1, max_size: int = 4, migrate: bool = True,
+    read_only: bool = False,
 ) -> AsyncIterator[asyncpg.Pool]:
-    """A pool on the configured (or embedded) database, migrated unless told otherwise."""
+    """A pool on the configured (or embedded) database, its connections on our schema.
+    migrate: apply pending migrations when SESSIONKEEPER_MIGRATE allows, else refuse a store
+    behind the code (SchemaNotReady); read_only: never any DDL, only that check; migrate=False:
+    neither (the caller knows the store is current)."""
+    from app.vault import keyring  # noqa: PLC0415  (the vault builds on this module)
+
+    keys = keyring.keys_from_settings(settings)  # a malformed key: one line, nothing opened
     url = await database_url(settings)
     # Fail fast with a clear line when the database is not there.
-    conn = await connect(url, settings.db_connect_timeout)
+    conn = await connect(url, settings.db_connect_timeout, settings.db_schema)
     try:
-        if migrate:
-            from app.store.migrate import migrate as run_migrations  # noqa: PLC0415
+        from app.store.migrate import load_migrations  # noqa: PLC0415
+        from app.store.migrate import migrate as run_migrations  # noqa: PLC0415
 
-            await run_migrations(conn)
+        if migrate and settings.migrate and not read_only:
+            await run_migrations(conn, schema=settings.db_schema)
+        elif migrate or read_only:
+            await require_current(conn, settings.db_schema, load_migrations())
     finally:
         await conn.close()
     # No query waits forever on a half-open connection: the client gives up after the
@@ -112,7 +125,8 @@ async def open_pool(
     pool_kwargs: dict[str, Any] = {
         "min_size": min_size, "max_size": max_size, "timeout": settings.db_connect_timeout,
         "command_timeout": settings.db_command_timeout,
-        "server_settings": {"statement_timeout": str(int(settings.db_command_timeout * 1000))},
+        "server_settings": {"statement_timeout": str(int(settings.db_command_timeout * 1000)),
+                            **server_settings(settings.db_schema)},
     }
     try:
         pool = await asyncpg.create_pool(url, **pool_kwargs)
@@ -121,7 +135,10 @@ async def open_pool(
             f"cannot reach the database at {describe_url(url)}: {exc}"
         ) from None
     try:
-        yield pool
+        async with pool.acquire() as keys_conn:
+            ring = await keyring.load_keyring(keys_conn, keys)
+        with keyring.registered(pool, ring):
+            yield pool
     finally:
         # A database that stopped answering must not hold the process: close gracefully
         # for a moment, then drop the connections.

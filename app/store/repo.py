@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from app.log import get_logger
 from app.store.locks import CHUNK_LOCK_CLASS
 
 # A plain connection or one borrowed from a pool.
@@ -246,10 +247,16 @@ async def insert_chunks(
 async def refresh_chunk_stats(conn: Conn) -> bool:
     """ANALYZE the chunk table's keys, so the planner knows it is big after a big upload
     (autovacuum gets there later; until then a restore's lookups run on a guess). False when
-    the role may not (it does not own the table)."""
+    the role may not: a least-privilege role does not own the table, and PostgreSQL would only
+    warn and skip)."""
+    if not await conn.fetchval("SELECT pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class "
+                               "WHERE oid = 'chunks'::regclass"):
+        get_logger().debug("chunk_stats_skipped", reason="not the table's owner")
+        return False
     try:
         await conn.execute("ANALYZE chunks (session_id, digest)")
-    except asyncpg.PostgresError:
+    except asyncpg.PostgresError as exc:
+        get_logger().debug("chunk_stats_skipped", reason=str(exc)[:200])
         return False
     return True
 

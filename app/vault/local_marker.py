@@ -17,6 +17,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.private_files import private_dir, write_private_text
 from app.snapshot.keep import WORK_DIR_NAME
 from app.snapshot.staging import work_dir_for
 from app.store.repo import GenerationInfo
@@ -51,9 +52,9 @@ class LocalMarker:
     def write(self, profile: Path) -> None:
         """Replace the marker atomically (a crash leaves the old one or the new one)."""
         path = self.path_for(profile, self.session_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
+        write_private_text(tmp, json.dumps(asdict(self)))
         os.replace(tmp, path)
 
     @classmethod

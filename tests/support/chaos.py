@@ -37,6 +37,7 @@ from typing import Any
 
 import asyncpg
 
+from app.store.schema import DEFAULT_SCHEMA, server_settings
 from tests.support.daemon import (
     ROOT,
     Daemon,
@@ -96,7 +97,8 @@ def _run(coro: Any) -> Any:
 def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     """Rows of one query (its own connection)."""
     async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(url, timeout=10)
+        conn = await asyncpg.connect(url, timeout=10,
+                                     server_settings=server_settings(DEFAULT_SCHEMA))
         try:
             return list(await conn.fetch(query, *args))
         finally:
@@ -939,7 +941,7 @@ def _manifest_refs(url: str) -> dict[int, set[bytes]]:
     from app.vault.manifests import load_manifest
 
     async def go() -> dict[int, set[bytes]]:
-        conn = await asyncpg.connect(url)
+        conn = await asyncpg.connect(url, server_settings=server_settings(DEFAULT_SCHEMA))
         try:
             gens = [r["generation"] for r in await conn.fetch(
                 "SELECT generation FROM snapshots WHERE session_id = $1", SESSION)]
