@@ -41,6 +41,10 @@ def test_login_survives_a_redeploy(start: Callable[..., Daemon], daemon_env: dic
     login(first, demo_port)
     code, body = first.readyz()
     assert code == 200 and body["state"] == "ready"
+    # No key set: the daemon says so, once, as a warning with what to do.
+    warned = [e for e in first.events if e.get("event") == "encryption_disabled"]
+    assert len(warned) == 1 and warned[0]["level"] == "warning"
+    assert "SESSIONKEEPER_ENCRYPTION_KEY" in warned[0]["note"]
     time.sleep(3)  # the page writes chat messages meanwhile
     first.signal(signal.SIGTERM)
     assert first.wait_exit(30) == 0
