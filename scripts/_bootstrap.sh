@@ -20,7 +20,10 @@ pick_python() {
     for candidate in python3.11 python3.12 python3; do
         if command -v "$candidate" >/dev/null 2>&1 &&
             "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))'; then
-            command -v "$candidate"
+            # The interpreter itself, not a pyenv shim: `uv sync --python <shim>` does not
+            # match the environment's interpreter and recreates .venv at every call (under
+            # every process that is running from it).
+            "$candidate" -c 'import sys; print(sys.executable)'
             return 0
         fi
     done
