@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
+from app.snapshot.sealing import generate_key  # noqa: E402
 from app.store.schema import DEFAULT_SCHEMA, server_settings  # noqa: E402
 from tests.support.profile_tree import build_profile  # noqa: E402
 
@@ -92,11 +93,9 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def bench_size(size_mb: int, runs: int, base_url: str, work: Path) -> dict[str, Any]:
+def bench_size(size_mb: int, runs: int, base_url: str, work: Path,
+               encryption: bool = False) -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
-
-    def add(key: str, value: float) -> None:
-        samples.setdefault(key, []).append(value)
 
     tree_root = work / f"profile-{size_mb}"
     shutil.rmtree(tree_root, ignore_errors=True)
@@ -106,12 +105,23 @@ def bench_size(size_mb: int, runs: int, base_url: str, work: Path) -> dict[str, 
     build_profile(tree_root, idb_bytes=size_mb * MiB, blob_count=blob_count,
                   blob_size=size_mb * MiB * 45 // 100 // blob_count)
     profile_bytes = sum(p.stat().st_size for p in tree_root.rglob("*") if p.is_file())
-    for run in range(runs):
+
+    def one_run(run: int, keyed: bool) -> None:
+        """One run; with keyed, on an encrypted store (metrics prefixed `keyed_`), then a
+        key rotation of it (`rekey_ms`)."""
+        prefix = "keyed_" if keyed else ""
+
+        def add(key: str, value: float) -> None:
+            samples.setdefault(prefix + key, []).append(value)
+
         name = f"sk_bench_{uuid.uuid4().hex[:8]}"
         asyncio.run(admin(base_url, f'CREATE DATABASE "{name}"'))
         url = with_db(base_url, name)
-        env = {**os.environ, "DATABASE_URL": url, "SESSIONKEEPER_LOG_LEVEL": "warning",
-               "SESSIONKEEPER_DATA_DIR": str(work / "state")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_ENC")}
+        env.update(DATABASE_URL=url, SESSIONKEEPER_LOG_LEVEL="warning",
+                   SESSIONKEEPER_DATA_DIR=str(work / "state"))
+        if keyed:
+            env["SESSIONKEEPER_ENCRYPTION_KEY"] = generate_key()
         try:
             run_cli(env, "migrate")
             # A fresh copy of the tree each run: the stat cache of run N must not help run N+1.
@@ -154,8 +164,18 @@ def bench_size(size_mb: int, runs: int, base_url: str, work: Path) -> dict[str, 
             shutil.rmtree(target, ignore_errors=True)
             _, _, rss = run_cli(env, "sessions")
             add("idle_cli_rss", rss)
+            if keyed:
+                out, wall, rss = run_cli(env, "rekey", "--new-key", generate_key(),
+                                         "--old-key", env["SESSIONKEEPER_ENCRYPTION_KEY"])
+                assert out["left_sealed_with_other_keys"] == 0, out
+                add("rekey_ms", out["duration_ms"])
+                add("rekey_bytes", out["bytes_resealed"])
         finally:
             asyncio.run(admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    for run in range(runs):
+        for keyed in ((False, True) if encryption else (False,)):
+            one_run(run, keyed)
     result = {"size_mb": size_mb, "profile_bytes": profile_bytes, "runs": runs}
     for key, values in samples.items():
         result[key] = median(values) if "rss" not in key else max(values)
@@ -178,6 +198,19 @@ def markdown(results: list[dict[str, Any]], machine: str) -> str:
             f"| {r['unchanged_ms']:.0f} ms | {r['restore_ms']:.0f} ms "
             f"| {r['snapshot_rss'] / MiB:.0f} MiB | {r['restore_rss'] / MiB:.0f} MiB "
             f"| {r['idle_cli_rss'] / MiB:.0f} MiB |")
+    keyed = [r for r in results if "keyed_first_ms" in r]
+    if keyed:
+        lines += ["", "Encryption (same runs, a keyed store beside each plaintext one; ratios "
+                  "keyed/plaintext of the medians):", "",
+                  "| profile | first snapshot | ratio | restore | ratio | rekey (rotation) "
+                  "| rekey per 100 MB stored |", "|---|---|---|---|---|---|---|"]
+        for r in keyed:
+            per_100 = r["rekey_ms"] / max(r["rekey_bytes"] / (100 * MiB), 1e-9)
+            lines.append(
+                f"| {r['profile_bytes'] / MiB:.0f} MiB | {r['keyed_first_ms']:.0f} ms "
+                f"| {r['keyed_first_ms'] / r['first_ms']:.2f} | {r['keyed_restore_ms']:.0f} ms "
+                f"| {r['keyed_restore_ms'] / r['restore_ms']:.2f} | {r['rekey_ms']:.0f} ms "
+                f"| {per_100:.0f} ms |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,6 +219,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="20,100,500", help="profile sizes in MB")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "vault-bench")
+    parser.add_argument("--encryption", action="store_true",
+                        help="each run also on an encrypted store (keyed_* figures, rekey_ms)")
     args = parser.parse_args()
     base = server_url()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -195,7 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             print(f"size {size} MB: {args.runs} runs", file=sys.stderr, flush=True)
-            results.append(bench_size(size, args.runs, base, Path(tmp)))
+            results.append(bench_size(size, args.runs, base, Path(tmp), args.encryption))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"machine": machine, "results": results},

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,6 +26,7 @@ from app.store.db import open_pool
 from app.store.migrate import migrate
 from app.store.schema import DEFAULT_SCHEMA
 from app.vault.options import VaultOptions
+from tests.support import leak_watch
 from tests.support.daemon import DAEMON_SESSION, Daemon, free_port
 from tests.support.pgproxy import PgProxy
 from tests.support.profile_tree import ProfileTree, build_profile
@@ -33,6 +36,47 @@ def slow_tests_wanted(markexpr: str, environ: Mapping[str, str]) -> bool:
     """Whether tests marked `slow` run: when SK_SLOW=1, or when -m names the marker (`-m slow`,
     `-m "slow and chaos"`; `-m "not slow"` deselects them anyway)."""
     return environ.get("SK_SLOW") == "1" or re.search(r"\bslow\b", markexpr) is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Watch every process a test starts for secrets in its output (tests/support/leak_watch.py);
+    the controller makes the folder where workers leave what they saw."""
+    leak_watch.install()
+    if not hasattr(config, "workerinput") and leak_watch.share_dir() is None:
+        leak_watch.set_share_dir(Path(tempfile.mkdtemp(prefix="sk-leak-watch-")))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    leak_watch.current_test = item.nodeid
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each test's captured output (the controller sees every test's report)."""
+    if leak_watch.share_dir() is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+        leak_watch.note_output(report.capstdout, report.nodeid)
+        leak_watch.note_output(report.capstderr, report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Workers hand over what they saw; the controller fails the run on any leak."""
+    folder = leak_watch.share_dir()
+    if folder is None:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        leak_watch.save(folder, worker)
+        return
+    leak_watch.load_all(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    found = leak_watch.leaks()
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = leak_watch.report_lines(found)
+        if reporter is not None:
+            reporter.write_line(text, red=True)
+        else:
+            print(text)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

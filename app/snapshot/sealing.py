@@ -73,8 +73,10 @@ class VaultKey:
     @classmethod
     def parse(cls, text: str, name: str) -> VaultKey:
         """A key from its base64 text; ConfigError naming the setting when it is not one."""
+        text = text.strip()
         try:
-            secret = base64.b64decode(text.strip(), validate=True)
+            # Standard or URL-safe alphabet (platforms' generated secrets use either).
+            secret = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError(f"{name} is not base64 (`sessionkeeper keygen` prints a "
                               "key)") from None

@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.support import leak_watch
+
 ROOT = Path(__file__).resolve().parents[2]
 # The session the `daemon_env` fixture (tests/conftest.py) runs.
 DAEMON_SESSION = "e2e"
@@ -184,6 +186,7 @@ class Daemon:
         """SIGKILL the daemon and every process it started (Chromium, Playwright's driver)."""
         self.kill_tree(self.proc)
         self._reader.join(timeout=5)
+        leak_watch.note_output(self.log_text(), f"a daemon of {leak_watch.current_test}")
 
     @staticmethod
     def kill_tree(proc: subprocess.Popen[str]) -> None:
