@@ -156,6 +156,13 @@ def _daemon_env(url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
                 SESSIONKEEPER_LEASE_TTL="6", SESSIONKEEPER_LOG_QR="true", **extra)
 
 
+def _new_key(tmp_path: Path) -> str:
+    """A vault key from `sessionkeeper keygen`."""
+    proc = cli(_env("postgresql://unused@127.0.0.1/x", tmp_path), "keygen")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
 def _environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.decode(errors="replace").split("=", 1)
@@ -190,9 +197,11 @@ def test_row_rights_role_runs_the_daemon_end_to_end(roles: Roles, tmp_path: Path
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         _run_sql(roles.app_url, f"CREATE TABLE {SCHEMA}.probe (id int)")
 
+    # A keyed store: the keyring's row is written by the row-rights role too.
     secrets = {"SESSIONKEEPER_HTTP_TOKEN": "http-token-" + uuid.uuid4().hex,
                "SESSIONKEEPER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hook-{uuid.uuid4().hex}",
-               "PGPASSWORD": "pg-" + uuid.uuid4().hex}
+               "PGPASSWORD": "pg-" + uuid.uuid4().hex,
+               "SESSIONKEEPER_ENCRYPTION_KEY": _new_key(tmp_path)}
     env = _daemon_env(roles.app_url, tmp_path, **secrets)
     demo_port = int(env["SESSIONKEEPER_DEMO_PORT"])
     first = Daemon(env)
@@ -220,6 +229,7 @@ def test_row_rights_role_runs_the_daemon_end_to_end(roles: Roles, tmp_path: Path
         first.kill_all()
     assert _not_owner_only(Path(env["SESSIONKEEPER_PROFILE_DIR"])) == []
     assert "migration_applied" not in first.names()
+    assert _fetch(roles.admin_url, f"SELECT count(*) FROM {SCHEMA}.vault_keys")[0][0] == 1
 
     shutil.rmtree(env["SESSIONKEEPER_PROFILE_DIR"])
     second = Daemon(env)
@@ -401,12 +411,13 @@ def test_old_store_in_public_is_moved(empty_db: str, tmp_path: Path,
 
 
 def test_chromium_environment_holds_no_secret(start: Callable[..., Daemon],
-                                              database_url: str) -> None:
+                                              database_url: str, tmp_path: Path) -> None:
     """/proc/<pid>/environ of Chromium's main process: no DATABASE_URL, no PG* variable, no
     SESSIONKEEPER_* variable, and none of their values anywhere."""
     secrets = {"SESSIONKEEPER_HTTP_TOKEN": "http-token-" + uuid.uuid4().hex,
                "PGPASSWORD": "pg-" + uuid.uuid4().hex,
-               "SESSIONKEEPER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/{uuid.uuid4().hex}"}
+               "SESSIONKEEPER_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/{uuid.uuid4().hex}",
+               "SESSIONKEEPER_ENCRYPTION_KEY": _new_key(tmp_path)}
     daemon = start(**secrets)
     daemon.wait_for("browser_started", 60)
     browsers = browser_pids(daemon.proc.pid)
