@@ -80,7 +80,8 @@ RUN groupadd --system --gid 10001 sessionkeeper \
 ENV PATH="/app/.venv/bin:${PATH}" \
     HOME=/home/sessionkeeper \
     SESSIONKEEPER_PROFILE_DIR=/data/profile \
-    SESSIONKEEPER_DATA_DIR=/data/state
+    SESSIONKEEPER_DATA_DIR=/data/state \
+    SESSIONKEEPER_IMAGE=1
 
 # Last: the project's own files (package, metadata, the `sessionkeeper` command).
 COPY --from=project /project/ /

@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("DATABASE_URL"),
-        description="PostgreSQL URL. Unset: an embedded PostgreSQL in the data directory "
-        "(local use only).",
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL in the data directory, for "
+        "local use only (the `embedded` extra; refused on Railway, on Render and in the image).",
     )
     port: int = Field(
         default=8080, ge=1, le=65535, validation_alias=AliasChoices("PORT"),

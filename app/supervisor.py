@@ -43,6 +43,7 @@ from app.metrics import Metrics
 from app.session import SessionRunner, close_reserve, keep_session
 from app.settings import Settings
 from app.status import StatusBoard
+from app.store.db import require_database
 from app.store.schema import SchemaNotReady
 from app.targets import WHATSAPP, Target, custom_target, demo_target, demo_url, login_key_for
 from app.webhook import Webhook
@@ -254,6 +255,7 @@ async def run_daemon(settings: Settings) -> int:
         # (the shared pool's migrations in claim mode, the HTTP server) carry none.
         bind_session(session_settings(settings)[0].session_id)
     log = get_logger(session_id=settings.session_id)
+    require_database(settings)  # deployed without DATABASE_URL: one line, before anything
     warn_if_unencrypted(settings, log)
     check_cdp_settings(settings)
     chromium = find_chromium(settings.chromium_path)
@@ -364,6 +366,7 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
     started = time.monotonic()
     bind_session(settings.session_id)
     log = get_logger(session_id=settings.session_id)
+    require_database(settings)
     warn_if_unencrypted(settings, log)
     profile = settings.profile_dir.absolute()
     login_key = login_key_for(settings)

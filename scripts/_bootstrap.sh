@@ -51,8 +51,8 @@ ensure_uv() {
 ensure_deps() {
     local py
     py="$(pick_python)"
-    say "syncing locked dependencies (uv sync --frozen)"
-    uv sync --frozen --quiet --python "$py"
+    say "syncing locked dependencies (uv sync --frozen --extra embedded)"
+    uv sync --frozen --quiet --extra embedded --python "$py"
 }
 
 # The Chromium the daemon drives (the same search order as app/chromium.py).

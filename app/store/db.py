@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,42 @@ def _start_embedded(data_dir: Path) -> str:
     return uri
 
 
+# What says a process runs deployed, and what to do there without DATABASE_URL.
+_PLATFORMS = (
+    ("Railway", ("RAILWAY_ENVIRONMENT_ID", "RAILWAY_PROJECT_ID", "RAILWAY_SERVICE_ID",
+                 "RAILWAY_ENVIRONMENT_NAME", "RAILWAY_ENVIRONMENT"),
+     "add a PostgreSQL database to the project and set DATABASE_URL=${{Postgres.DATABASE_URL}} "
+     "on this service"),
+    ("Render", ("RENDER", "RENDER_SERVICE_ID"),
+     "create the service from the Blueprint (render.yaml fills DATABASE_URL from its database) "
+     "or set DATABASE_URL to the database's internal URL"),
+    ("the Docker image", ("SESSIONKEEPER_IMAGE",),
+     "pass -e DATABASE_URL=postgresql://user:password@host:5432/db"),
+)
+
+
+def deployed_on(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(platform, what to set) when the environment says this is a deployed service: Railway's
+    or Render's variables, or the image's marker (the Dockerfile sets SESSIONKEEPER_IMAGE)."""
+    for name, variables, hint in _PLATFORMS:
+        if any(environ.get(v) for v in variables):
+            return name, hint
+    return None
+
+
+def require_database(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """ConfigError (one line) when DATABASE_URL is missing where an embedded PostgreSQL would
+    lose everything with the container: on Railway, on Render, in the image. The embedded
+    server stays the default on a laptop, for scripts/demo and in the tests."""
+    if settings.database_url is not None:
+        return
+    found = deployed_on(os.environ if environ is None else environ)
+    if found is not None:
+        platform, hint = found
+        raise ConfigError(f"DATABASE_URL is not set: on {platform} the embedded PostgreSQL "
+                          f"would vanish with the container (and every login with it); {hint}")
+
+
 async def database_url(settings: Settings) -> str:
     """The configured URL, or the URL of an embedded server started on demand."""
     if settings.database_url is not None:
@@ -48,6 +86,10 @@ async def database_url(settings: Settings) -> str:
         password = urlsplit(url).password
         register_secret(password)
         return url
+    require_database(settings)
+    if importlib.util.find_spec("pgserver") is None:
+        raise ConfigError("DATABASE_URL is not set and the embedded PostgreSQL is not "
+                          "installed (pip install 'sessionkeeper[embedded]'): set DATABASE_URL")
     data_dir = settings.embedded_pg_dir
     get_logger().warning("embedded_database", data_dir=str(data_dir),
                          note="DATABASE_URL is not set; this embedded PostgreSQL is for "
