@@ -387,3 +387,35 @@ def test_a_keyed_daemon_seals_what_it_keeps_and_comes_back_logged_in(
     assert "qr_required" not in second.names()
     second.signal(signal.SIGTERM)
     assert second.wait_exit(30) == 0
+
+
+async def test_a_version_2_store_is_still_read_and_keyed_by_rekey(
+    settings: Settings, marked: ProfileTree, options: VaultOptions, tmp_path: Path,
+) -> None:
+    """A generation written before format 3 (no `addressing`: SHA-256 addresses) restores as
+    before, under a key too, and rekey converts it."""
+    import hashlib
+    import json
+
+    import zstandard
+
+    async with store(settings) as pool:
+        await save_snapshot(pool, "s", marked.root, options)
+        async with pool.acquire() as conn:
+            stored = bytes(await conn.fetchval("SELECT manifest FROM snapshots"))
+            doc = json.loads(zstandard.ZstdDecompressor().decompress(stored))
+            assert doc["version"] == 3 and doc["addressing"] == "sha256"
+            doc["version"] = 2
+            del doc["addressing"]
+            old = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+            await conn.execute("UPDATE snapshots SET manifest = $1, manifest_sha256 = $2, "
+                               "format_version = 2", old, hashlib.sha256(old).digest())
+        await restore_profile(pool, "s", tmp_path / "plain")
+    assert tree_files(tmp_path / "plain") == kept(marked.root)
+    key = generate_key()
+    async with store(keyed(settings, key)) as pool:
+        await restore_profile(pool, "s", tmp_path / "keyed")
+        result = await rekey_store(pool, VaultKey.parse(key, "k"))
+        assert result.generations_converted == 1
+        await restore_profile(pool, "s", tmp_path / "converted")
+    assert tree_files(tmp_path / "keyed") == tree_files(tmp_path / "converted") == kept(marked.root)
