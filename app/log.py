@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -144,6 +145,7 @@ def _message(
 
 
 LIBRARY_EVENT = "library_log"
+_OURS = "_sessionkeeper_handler"
 
 
 def _library_line(
@@ -205,11 +207,24 @@ def configure_logging(
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(old)  # ours from an earlier call; others' (pytest's) stay
+    setattr(handler, _OURS, True)
     root.addHandler(handler)
     root.setLevel(threshold)
     logging.captureWarnings(True)
+    threading.excepthook = _thread_exception
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception no thread caught: a JSON line (error, with the traceback), not Python's
+    plain-text report on stderr."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    logging.getLogger("threading").error("uncaught exception in thread %s", name,
+                                         exc_info=exc_info)
 
 
 def bind_session(session_id: str) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,8 +47,11 @@ def captured() -> Any:
     out = io.StringIO()
     configure_logging("info", "json", stream=out)
     yield out
-    logging.getLogger().handlers.clear()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_sessionkeeper_handler", False)]:
+        root.removeHandler(handler)
     logging.captureWarnings(False)
+    threading.excepthook = threading.__excepthook__
 
 
 def test_our_events_carry_message_and_level(captured: io.StringIO) -> None:
@@ -81,6 +85,19 @@ def test_library_logging_and_warnings_become_json_lines(captured: io.StringIO) -
     assert "hunter22" not in captured.getvalue()
     assert "DeprecationWarning: old API" in lines[1]["message"] and lines[1]["level"] == "warning"
     assert lines[2]["level"] == "error" and "ValueError: boom" in lines[2]["exception"]
+
+
+def test_an_uncaught_thread_exception_is_a_json_line(captured: io.StringIO) -> None:
+    def fail() -> None:
+        raise RuntimeError("lost in a thread")
+
+    thread = threading.Thread(target=fail, name="worker-7")
+    thread.start()
+    thread.join()
+    (line,) = [railway_parse(x) for x in captured.getvalue().splitlines()]
+    assert line["level"] == "error" and line["logger"] == "threading"
+    assert line["message"] == "uncaught exception in thread worker-7"
+    assert "RuntimeError: lost in a thread" in line["exception"]
 
 
 def test_a_childs_stderr_becomes_json_lines(captured: io.StringIO) -> None:
