@@ -366,6 +366,13 @@ def test_tables_live_in_their_schema_beside_another_apps_tables(empty_db: str,
                        "pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
                        "WHERE p.proname = 'sessionkeeper_fence_snapshot'")
     assert [r[0] for r in functions] == [SCHEMA]
+    # The fencing trigger finds our sessions table even for a client whose search_path
+    # reaches public first (an owner in psql), where the other app's `sessions` is.
+    _run_sql(empty_db, f"UPDATE {SCHEMA}.sessions SET lease_token = 5 WHERE id = 's1'")
+    with pytest.raises(asyncpg.PostgresError) as fenced:
+        _run_sql(empty_db, f"INSERT INTO {SCHEMA}.snapshots (session_id, generation, kind, "
+                 "lease_token) VALUES ('s1', 1, 'periodic', 1)")
+    assert fenced.value.sqlstate == "SK001", fenced.value
     # Another schema name is honoured.
     other = _env(empty_db, tmp_path, SESSIONKEEPER_DB_SCHEMA="sk_other")
     assert cli(other, "migrate").returncode == 0
