@@ -2,15 +2,23 @@
 
 Order: SESSIONKEEPER_CHROMIUM_PATH, else Playwright's own installed Chromium, else a system
 `chromium`, `chromium-browser` or `google-chrome`. None found is a setup error (exit 2).
+
+Playwright's Chromium is found where Playwright itself looks (its registry folder and the
+revision its driver's browsers.json names), without starting Playwright's driver: that is a
+Node process, too slow for a lookup at every start.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import json
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from app.child_env import browser_env
@@ -43,16 +51,91 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
+def _playwright_package() -> Path | None:
+    """The folder of Playwright's Python package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("playwright")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def playwright_registry() -> Path:
+    """Where `playwright install` puts browsers, computed as Playwright's registry does:
+    PLAYWRIGHT_BROWSERS_PATH (0: inside the package; relative: from the current folder),
+    else the platform's cache folder."""
+    configured = os.environ.get("PLAYWRIGHT_BROWSERS_PATH")
+    package = _playwright_package()
+    if configured == "0" and package is not None:
+        return package / "driver" / "package" / ".local-browsers"
+    if configured:
+        return Path(configured).absolute()
+    if sys.platform == "darwin":
+        cache = Path.home() / "Library" / "Caches"
+    elif sys.platform == "win32":
+        cache = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "ms-playwright"
+
+
+@functools.cache
+def playwright_revision(name: str = "chromium") -> str | None:
+    """The browser revision this Playwright drives (its driver's browsers.json), or None."""
+    package = _playwright_package()
+    if package is None:
+        return None
+    try:
+        browsers = json.loads((package / "driver" / "package" / "browsers.json").read_text())
+        return next(str(b["revision"]) for b in browsers["browsers"] if b["name"] == name)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+
+
+# Playwright's EXECUTABLE_PATHS for Linux (chrome-linux64 since Chrome for Testing builds;
+# chrome-linux before), then macOS.
+_BINARIES = {
+    "chromium": ("chrome-linux64/chrome", "chrome-linux-arm64/chrome", "chrome-linux/chrome",
+                 "chrome-mac*/*.app/Contents/MacOS/*"),
+    "chromium_headless_shell": ("chrome-headless-shell-linux*/chrome-headless-shell",
+                                "chrome-linux/headless_shell",
+                                "chrome-headless-shell-mac*/chrome-headless-shell"),
+}
+_ARM = platform.machine().lower() in ("aarch64", "arm64")
+
+
+def _binary_in(folder: Path, kind: str) -> Path | None:
+    for pattern in _BINARIES[kind]:
+        found = sorted(folder.glob(pattern))
+        # On a machine of one architecture, its own build first.
+        found.sort(key=lambda p: ("arm64" in str(p)) != _ARM)
+        for candidate in found:
+            if _executable(candidate):
+                return candidate
+    return None
+
+
 def _playwright_chromium() -> Path | None:
-    """Playwright's own Chromium, if `playwright install chromium` put one here."""
-    root = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or Path.home() / ".cache/ms-playwright")
+    """Playwright's own Chromium, if `playwright install chromium` put one here: the revision
+    this Playwright expects, else the newest installed (revisions compared as numbers:
+    chromium-1200 is newer than chromium-999), else a headless shell the same way."""
+    root = playwright_registry()
     if not root.is_dir():
         return None
-    candidates = sorted(root.glob("chromium-*/chrome-linux*/chrome"), reverse=True)
-    for pattern in ("chromium_headless_shell-*/chrome-*/chrome-headless-shell",
-                    "chromium_headless_shell-*/chrome-linux*/headless_shell"):
-        candidates += sorted(root.glob(pattern), reverse=True)
-    return next((c for c in candidates if _executable(c)), None)
+    for kind in ("chromium", "chromium_headless_shell"):
+        expected = playwright_revision(kind.replace("_", "-"))
+        revisions: list[tuple[bool, int, Path]] = []
+        for folder in root.glob(f"{kind}-*"):
+            revision = folder.name.removeprefix(f"{kind}-")
+            if revision.isdigit():
+                revisions.append((revision == expected, int(revision), folder))
+        for _, _, folder in sorted(revisions, reverse=True):
+            found = _binary_in(folder, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def find_chromium(configured: Path | None = None) -> Path:

@@ -1,7 +1,9 @@
 """The `sessionkeeper` command line (also `python -m app`).
 
-Every command accepts --json and then prints exactly one JSON object on stdout; logs go to
-stderr. A mistake the user can fix ends with one line on stderr and a non-zero exit code.
+Every command accepts --json (before or after the command's name) and then prints exactly one
+JSON object on stdout; logs go to stderr. The daemon's commands have no result to print: their
+--json makes their log lines (on stdout) JSON. A mistake the user can fix ends with one line on
+stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import anyio
 import asyncpg
 from pydantic import SecretStr
 
-from app import __version__
+from app import package_version
 from app.errors import ConfigError, LeaseHeld, UserError
 from app.log import configure_logging, get_logger, redact, register_secret, register_url
 from app.memory import limit_malloc_arenas
@@ -235,17 +237,54 @@ async def cmd_prune(args: argparse.Namespace, settings: Settings) -> dict[str, A
         return (await prune(pool, args.session, args.keep, guard)).as_json()
 
 
+def _refuse_unconfirmed_delete(args: argparse.Namespace) -> None:
+    """Off a terminal nobody can be asked: without --yes, one line and nothing is opened."""
+    if not args.yes and not sys.stdin.isatty():
+        raise ConfigError(f"delete asks for confirmation on a terminal; to delete session "
+                          f"{args.session!r} and all its generations without asking, pass --yes")
+
+
+def _confirm_delete(session: dict[str, Any]) -> bool:
+    """Ask on the terminal; only the session id typed back confirms (y would be too easy to
+    give to the wrong question)."""
+    count = session.get("generations") or 0
+    size = float(session.get("bytes_stored") or 0) / 1e6
+    sys.stderr.write(
+        f"Delete session {session['session_id']!r}: {count} generation"
+        f"{'' if count == 1 else 's'}, {size:.1f} MB stored? This cannot be undone.\n"
+        "Type the session id to confirm: ")
+    sys.stderr.flush()
+    return bool(sys.stdin.readline().strip() == session["session_id"])
+
+
 async def cmd_delete(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Delete a session and everything stored for it."""
-    async with (open_pool(settings, max_size=1) as pool, pool.acquire() as conn,
-                conn.transaction()):
-        # The row stays locked to the end: no process can take the lease in between.
-        await repo.lock_session(conn, args.session)
-        await refuse_if_leased(conn, args.session, "delete", args.force)
-        if not await repo.delete_session(conn, args.session):
-            raise UserError(f"no session {args.session!r} in the database")
+    """Delete a session and everything stored for it (asked first on a terminal)."""
+    _refuse_unconfirmed_delete(args)
+    async with open_pool(settings, max_size=1) as pool:
+        if not args.yes:
+            async with pool.acquire() as conn:
+                found = [s for s in await repo.list_sessions(conn)
+                         if s["session_id"] == args.session]
+                if found and not args.force:  # held: said before anything is asked
+                    await refuse_if_leased(conn, args.session, "delete", force=False)
+            if not found:
+                raise UserError(f"no session {args.session!r} in the database")
+            if not await anyio.to_thread.run_sync(_confirm_delete, found[0],
+                                                  abandon_on_cancel=True):
+                raise UserError(f"delete cancelled: the answer was not {args.session!r}; "
+                                "nothing deleted")
+        async with pool.acquire() as conn, conn.transaction():
+            await _delete_locked(conn, args)
     get_logger(session_id=args.session).info("session_deleted")
     return {"session_id": args.session, "deleted": True}
+
+
+async def _delete_locked(conn: Conn, args: argparse.Namespace) -> None:
+    # The row stays locked to the end: no process can take the lease in between.
+    await repo.lock_session(conn, args.session)
+    await refuse_if_leased(conn, args.session, "delete", args.force)
+    if not await repo.delete_session(conn, args.session):
+        raise UserError(f"no session {args.session!r} in the database")
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -345,30 +384,84 @@ def _print_human(command: str, out: dict[str, Any]) -> None:
             print(f"{key}: {value}")
 
 
+class _Version(argparse.Action):
+    """--version, read from the package's metadata only when asked (not at every start)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> NoReturn:
+        print(f"sessionkeeper {package_version()}")
+        parser.exit()
+
+
+DESCRIPTION = """\
+Keeps a headless Chromium session (WhatsApp Web, or any site you log in to) logged in across
+container restarts: its profile is snapshotted into PostgreSQL while it runs and restored at
+the next start, so a redeploy needs no new QR scan. Settings are environment variables
+(DATABASE_URL, PORT, SESSIONKEEPER_*; see the README)."""
+
+EPILOG = """\
+examples:
+  DATABASE_URL=postgresql://user:pw@host/db sessionkeeper run
+                                    keep the session; the first time, scan the QR code it logs
+  sessionkeeper demo                try it all on a bundled demo site, no phone needed
+  sessionkeeper exec -- node bot.js keep the profile of a bot that runs its own Chromium
+  sessionkeeper sessions            what is stored (--json: one JSON object, for scripts)
+  sessionkeeper delete SESSION      asks first on a terminal; --yes elsewhere
+
+`sessionkeeper COMMAND --help` says more about each command."""
+
+class _TopHelp(argparse.RawDescriptionHelpFormatter):
+    """The top-level help: our line breaks, each command's summary on its own line."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            # argparse sizes the name column without the commands' deeper indent, so the
+            # longest name ("snapshots") would sit alone on its line.
+            self._action_max_length += self._indent_increment
+
+
+JSON_HELP = ("print exactly one JSON object on stdout (run, demo, exec: log lines as JSON); "
+             "before or after the command")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
-    parser = _Parser(prog="sessionkeeper", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"sessionkeeper {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = _Parser(prog="sessionkeeper", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=_TopHelp)
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                title="commands")
 
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print one JSON object")
+    def add(name: str, handler: Handler, help_text: str,
+            summary: str | None = None) -> argparse.ArgumentParser:
+        """A command; `summary` is its line in the top-level help when help_text is long."""
+        p = sub.add_parser(name, help=summary or help_text, description=help_text)
+        # SUPPRESS: absent here, the value given before the command (or False) stands.
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help=JSON_HELP)
         p.set_defaults(handler=handler)
         return p
 
     add("run", cmd_run, "run the daemon: restore, keep Chromium logged in, snapshot, "
-        "flush on SIGTERM")
+        "flush on SIGTERM", "the daemon: restore, keep logged in, snapshot")
     p = add("demo", cmd_demo, "the daemon on the bundled demo site and an embedded database; "
             "`demo link` approves the QR code it shows, like a phone scan; `demo unlink` logs "
-            "its devices out, like the phone's 'Log out'")
+            "its devices out, like the phone's 'Log out'",
+            "try the daemon on a bundled demo site (`demo link`: the phone)")
     p.add_argument("action", nargs="?", choices=["link", "unlink"],
                    help="link: approve the QR code (or --code); unlink: log out every device")
     p.add_argument("--code", metavar="CODE",
                    help="with link: approve this pairing code (e.g. K7QD-9XWF) instead")
     p = add("exec", cmd_exec, "keep a session under a command that runs its own Chromium on "
             "the profile: restore, start CMD, snapshot while it runs, pass it SIGTERM/SIGINT, "
-            "take a final snapshot when it exits, exit with its code")
+            "take a final snapshot when it exits, exit with its code",
+            "run your bot (its own Chromium) and keep its session")
     p.add_argument("--session", type=_session,
                    help="the session to keep (default: SESSIONKEEPER_SESSION_ID)")
     p.add_argument("--profile", type=Path,
@@ -379,14 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", cmd_migrate, "apply database migrations")
     add("keygen", cmd_keygen, "print a new vault key for SESSIONKEEPER_ENCRYPTION_KEY")
     p = add("rekey", cmd_rekey, "re-seal every stored profile under a new vault key (or seal "
-            "a plaintext store), online and resumable; then set the new key everywhere")
+            "a plaintext store), online and resumable; then set the new key everywhere",
+            "re-seal the store under a new vault key")
     p.add_argument("--old-key", metavar="KEY",
                    help="the key the store is sealed with (default: "
                    "SESSIONKEEPER_ENCRYPTION_KEY_OLD; none for a plaintext store)")
     p.add_argument("--new-key", metavar="KEY",
                    help="the key to seal with (default: SESSIONKEEPER_ENCRYPTION_KEY)")
     p = add("sessions", cmd_sessions, "list sessions; `add ID` / `remove ID` register a "
-            "session for replicas in claim mode (SESSIONKEEPER_MAX_SESSIONS)")
+            "session for replicas in claim mode (SESSIONKEEPER_MAX_SESSIONS)",
+            "list sessions (add/remove: claim mode)")
     p.add_argument("action", nargs="?", choices=["add", "remove"])
     p.add_argument("id", nargs="?", type=_session)
     p.add_argument("--target", choices=["whatsapp", "demo", "custom"],
@@ -410,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation", type=_positive, help="default: newest")
     p = add("import", cmd_import, "import SOURCE as a session's newest generation: a "
             "sessionkeeper export, a whatsapp-web.js RemoteAuth zip or its base64 text, or a "
-            "LocalAuth folder (.wwebjs_auth or .wwebjs_auth/session[-ID])")
+            "LocalAuth folder (.wwebjs_auth or .wwebjs_auth/session[-ID])",
+            "import an export, a RemoteAuth zip or a LocalAuth folder")
     p.add_argument("session", type=_session)
     p.add_argument("source", metavar="SOURCE",
                    help="a file or folder; - reads standard input (e.g. piped from psql)")
@@ -421,11 +517,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=_positive, required=True)
     p.add_argument("--force", action="store_true",
                    help="even while a process holds the session's lease (logged as a warning)")
-    p = add("delete", cmd_delete, "delete a session and all its data")
+    p = add("delete", cmd_delete, "delete a session and all its data; on a terminal it asks "
+            "you to type the session id, elsewhere it needs --yes",
+            "delete a session and all its data (asks first)")
     p.add_argument("session", type=_session)
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask (needed when standard input is not a terminal)")
     p.add_argument("--force", action="store_true",
                    help="even while a process holds the session's lease (logged as a warning)")
     return parser
+
+
+def help_after_command(argv: Sequence[str], commands: Sequence[str]) -> list[str]:
+    """`sessionkeeper --help delete` means `sessionkeeper delete --help`, as in git: a -h or
+    --help before the command's name moves after it."""
+    args = list(argv)
+    for index, word in enumerate(args):
+        if word == "--" or not word.startswith("-"):
+            if word in commands:
+                before = args[:index]
+                helps = [t for t in before if t in ("-h", "--help")]
+                if helps:
+                    rest = [t for t in before if t not in ("-h", "--help")]
+                    return [*rest, word, *helps, *args[index + 1:]]
+            break
+    return args
 
 
 def _register_secrets(settings: Settings) -> None:
@@ -449,7 +565,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     # owner's alone: a profile is a logged-in device.
     os.umask(0o077)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    commands = next(a.choices for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    args = parser.parse_args(help_after_command(sys.argv[1:] if argv is None else argv,
+                                                list(commands)))
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         sys.exit(2)
@@ -461,7 +580,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _register_secrets(settings)
         # The daemon logs to stdout (platforms show stderr as errors); commands keep stdout
         # for their output.
-        configure_logging(settings.log_level, settings.resolved_log_format(),
+        # The daemon has no result to print: its --json is its log as JSON lines.
+        log_format = "json" if daemon and args.json else settings.resolved_log_format()
+        configure_logging(settings.log_level, log_format,
                           stream=sys.stdout if daemon else sys.stderr)
         out = anyio.run(args.handler, args, settings)
     except BaseException as raw:

@@ -63,7 +63,7 @@ def test_full_cycle(cli_env: dict[str, str], profile: ProfileTree, tmp_path: Pat
 
     pruned = run_json(cli_env, "prune", "s1", "--keep", "1")
     assert pruned["deleted_generations"] == [1]
-    assert run_json(cli_env, "delete", "copy")["deleted"] is True
+    assert run_json(cli_env, "delete", "copy", "--yes")["deleted"] is True
     names = [s["session_id"] for s in run_json(cli_env, "sessions")["sessions"]]  # type: ignore[union-attr]
     assert names == ["s1"]
 
@@ -80,7 +80,8 @@ def test_full_cycle(cli_env: dict[str, str], profile: ProfileTree, tmp_path: Pat
 @pytest.mark.parametrize("args,code,needle", [
     (["restore", "nobody", "--profile", "/tmp/x"], 1, "no session 'nobody'"),
     (["snapshots", "nobody"], 1, "no session 'nobody'"),
-    (["delete", "nobody"], 1, "no session 'nobody'"),
+    (["delete", "nobody", "--yes"], 1, "no session 'nobody'"),
+    (["delete", "s1"], 2, "pass --yes"),
     (["snapshot", "s", "--profile", "/definitely/not/here"], 1, "does not exist"),
     (["import", "s", "/definitely/not/here.skx"], 1, "is not a file"),
     (["restore", "../etc", "--profile", "/tmp/x"], 2, "invalid session id"),

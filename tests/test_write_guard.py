@@ -122,7 +122,7 @@ def test_daemon_rows_carry_its_token_and_the_cli_cannot_race_it(
     for args in (("snapshot", session, "--profile", str(profile.root)),
                  ("import", session, str(export)),
                  ("prune", session, "--keep", "1"),
-                 ("delete", session)):
+                 ("delete", session, "--yes")):
         _refused(_cli(cli_env, *args), holder)
     assert kept() == before
     assert daemon.proc.poll() is None
