@@ -42,7 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Watch every process a test starts for secrets in its output (tests/support/leak_watch.py);
     the controller makes the folder where workers leave what they saw."""
     leak_watch.install()
-    if not hasattr(config, "workerinput") and leak_watch.share_dir() is None:
+    workerinput = getattr(config, "workerinput", None)
+    leak_watch.worker = workerinput["workerid"] if workerinput else ""
+    if not leak_watch.worker:
         leak_watch.set_share_dir(Path(tempfile.mkdtemp(prefix="sk-leak-watch-")))
 
 
@@ -52,7 +54,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Each test's captured output (the controller sees every test's report)."""
-    if leak_watch.share_dir() is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if leak_watch.share_dir() is not None and not leak_watch.worker:
         leak_watch.note_output(report.capstdout, report.nodeid)
         leak_watch.note_output(report.capstderr, report.nodeid)
 
@@ -62,9 +64,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     folder = leak_watch.share_dir()
     if folder is None:
         return
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
-        leak_watch.save(folder, worker)
+    if leak_watch.worker:
+        leak_watch.save(folder, leak_watch.worker)
         return
     leak_watch.load_all(folder)
     shutil.rmtree(folder, ignore_errors=True)

@@ -25,7 +25,9 @@ def test_probe_prints_a_secret() -> None:
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_leak_fails_the_run(workers: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "SK_LEAK_WATCH_DIR"}
+    # A pytest of its own: not a worker of this run, not sharing its record.
+    env = {k: v for k, v in os.environ.items()
+           if k != "SK_LEAK_WATCH_DIR" and not k.startswith("PYTEST_")}
     env.update(SK_LEAK_PROBE="1", COVERAGE_PROCESS_START="")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",

@@ -22,7 +22,7 @@ from app.snapshot.manifest import Manifest
 from app.snapshot.safepath import is_singleton
 from app.vault.manifests import open_manifest
 from app.vault.options import VaultOptions
-from app.vault.restore import materialize, restore_profile
+from app.vault.restore import RESTORABLE, materialize, restore_profile
 from app.vault.save import save_snapshot
 from tests.support.profile_tree import IDB, ProfileTree, tree_files
 
@@ -53,8 +53,13 @@ def test_hostile_manifest_never_escapes(files: list[str], dirs: list[str]) -> No
         # What the manifest holds is there (an empty restore would pass the checks above).
         for entry in manifest.files:
             assert (target / entry.path).is_file() != is_singleton(entry.path), entry.path
+        # A folder comes back when a restored file lies in it or the rules keep it; a folder
+        # named like a lock file (`Singleton`) is never restored on its own.
+        parents = {"/".join(f.path.split("/")[:i]) for f in manifest.files
+                   if not is_singleton(f.path) for i in range(1, f.path.count("/") + 1)}
         for folder in manifest.dirs:
-            assert (target / folder.path).is_dir(), folder.path
+            if folder.path in parents or RESTORABLE.keeps(folder.path):
+                assert (target / folder.path).is_dir(), folder.path
 
 
 

@@ -29,6 +29,7 @@ _MIN_LENGTH = 8  # shorter values would match by chance
 secrets: dict[str, str] = {}  # value -> where it came from
 outputs: list[tuple[str, str]] = []  # (test or process, text)
 current_test = ""
+worker = ""  # this process's xdist worker id ("" in the controller or without workers)
 
 
 def note_secret(value: str | None, source: str) -> None:
