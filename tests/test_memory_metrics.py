@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from app.metrics import Metrics
-from app.process_memory import tree_memory
+from app.process_memory import tree, tree_memory
 from tests.support.daemon import DAEMON_SESSION, Daemon, login, metric_samples
 
 MB = 1024 * 1024
@@ -49,6 +49,21 @@ def test_tree_memory_sums_the_tree(family: subprocess.Popen[bytes]) -> None:
     assert memory is not None and memory.processes == 3
     assert memory.rss_bytes > 60 * MB  # three processes of 20 MB and an interpreter each
     assert memory.pss_bytes is not None and 60 * MB < memory.pss_bytes <= memory.rss_bytes
+
+
+def test_unique_resident_memory_counts_shared_pages_once(
+        family: subprocess.Popen[bytes]) -> None:
+    """scripts/session-memory's figure: three interpreters share their libraries' pages, so
+    the tree's pages counted once are fewer than its RSS summed, and more than its own data."""
+    from scripts.session_memory import unique_resident_mb
+
+    _settled(family.pid, 3)
+    unique = unique_resident_mb([p.pid for p in tree(family.pid)])
+    if unique is None:
+        pytest.skip("physical frame numbers in /proc/PID/pagemap need root")
+    memory = tree_memory(family.pid)
+    assert memory is not None
+    assert 60 < unique < memory.rss_bytes / MB
 
 
 def test_tree_memory_of_a_gone_process_is_none() -> None:
