@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the lock
+
+from app.browser_processes import group_members
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,25 +34,11 @@ def tree(root: int) -> list[psutil.Process]:
         found = {p.pid: p for p in [top, *top.children(recursive=True)]}
     except psutil.Error:
         return []
-    for pid in _group_members(root):
+    for pid in group_members(root):  # live ones: a zombie holds no memory
         if pid not in found:
             with contextlib.suppress(psutil.Error):
                 found[pid] = psutil.Process(pid)
     return list(found.values())
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
 
 
 def tree_memory(root: int) -> TreeMemory | None:

@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import Process
 
 from app.browser import DevTools
+from app.browser_processes import group_members
 from app.drivers.base import SessionHost
 from app.login_state import LoginState, Observation
 from app.snapshot.local_storage import LoginKey
@@ -197,18 +198,3 @@ class ChildDriver:
         if self.proc is None:
             return False
         return any(True for _ in group_members(self.proc.pid))
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
