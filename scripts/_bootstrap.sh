@@ -17,9 +17,11 @@ say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 pick_python() {
     local candidate
-    for candidate in python3.11 python3.12 python3; do
+    # 3.11 and 3.12 first: on 3.13 pgserver (the embedded extra) has no wheel and plyvel
+    # builds from source (ensure_leveldb_headers).
+    for candidate in python3.11 python3.12 python3.13 python3; do
         if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))'; then
+            "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 14)))'; then
             # The interpreter itself, not a pyenv shim: `uv sync --python <shim>` does not
             # match the environment's interpreter and recreates .venv at every call (under
             # every process that is running from it).
@@ -27,7 +29,7 @@ pick_python() {
             return 0
         fi
     done
-    say "need Python 3.11 or 3.12 (python3 --version: $(python3 --version 2>&1 || echo none))"
+    say "need Python 3.11, 3.12 or 3.13 (python3 --version: $(python3 --version 2>&1 || echo none))"
     return 1
 }
 
@@ -48,9 +50,23 @@ ensure_uv() {
     command -v uv >/dev/null 2>&1 || { say "uv did not install"; return 1; }
 }
 
+# plyvel publishes wheels up to Python 3.12; on 3.13 it compiles against LevelDB's headers.
+ensure_leveldb_headers() {
+    local py="$1"
+    if "$py" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 13))' &&
+        [[ ! -e /usr/include/leveldb/db.h ]] && command -v apt-get >/dev/null 2>&1; then
+        local log="${TMPDIR:-/tmp}/sessionkeeper-leveldb-install.log"
+        say "Python 3.13: installing Debian's libleveldb-dev for plyvel's build (log: $log)"
+        { as_root apt-get update && as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y libleveldb-dev g++; } >"$log" 2>&1 ||
+            say "libleveldb-dev not installed (see $log): plyvel may not build"
+    fi
+}
+
 ensure_deps() {
     local py
     py="$(pick_python)"
+    ensure_leveldb_headers "$py"
     say "syncing locked dependencies (uv sync --frozen --extra embedded)"
     uv sync --frozen --quiet --extra embedded --python "$py"
 }
