@@ -244,7 +244,7 @@ def _refuse_unconfirmed_delete(args: argparse.Namespace) -> None:
                           f"{args.session!r} and all its generations without asking, pass --yes")
 
 
-def _confirm_delete(session: dict[str, Any]) -> bool:
+async def _confirm_delete(session: dict[str, Any]) -> bool:
     """Ask on the terminal; only the session id typed back confirms (y would be too easy to
     give to the wrong question)."""
     count = session.get("generations") or 0
@@ -254,6 +254,9 @@ def _confirm_delete(session: dict[str, Any]) -> bool:
         f"{'' if count == 1 else 's'}, {size:.1f} MB stored? This cannot be undone.\n"
         "Type the session id to confirm: ")
     sys.stderr.flush()
+    # Awaited, not read in a thread: Ctrl-C cancels the wait (a thread blocked in a read
+    # would hold the process at exit). A terminal is readable once a whole line is typed.
+    await anyio.wait_readable(sys.stdin)
     return bool(sys.stdin.readline().strip() == session["session_id"])
 
 
@@ -269,8 +272,7 @@ async def cmd_delete(args: argparse.Namespace, settings: Settings) -> dict[str, 
                     await refuse_if_leased(conn, args.session, "delete", force=False)
             if not found:
                 raise UserError(f"no session {args.session!r} in the database")
-            if not await anyio.to_thread.run_sync(_confirm_delete, found[0],
-                                                  abandon_on_cancel=True):
+            if not await _confirm_delete(found[0]):
                 raise UserError(f"delete cancelled: the answer was not {args.session!r}; "
                                 "nothing deleted")
         async with pool.acquire() as conn, conn.transaction():

@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -134,7 +135,8 @@ def test_delete_refused_off_a_terminal_opens_no_database(empty_database_url: str
 
 def _on_a_terminal(env: dict[str, str], answer: str | None, *args: str) -> tuple[int, str]:
     """Run the CLI with a pseudo-terminal as stdin and stderr; type `answer` once it has
-    asked (None: end of input). Returns the exit code and what the terminal showed."""
+    asked (None: end of input; "^C": SIGINT). Returns the exit code and what the terminal
+    showed."""
     leader, follower = pty.openpty()
     shown = b""
     try:
@@ -156,9 +158,12 @@ def _on_a_terminal(env: dict[str, str], answer: str | None, *args: str) -> tuple
             elif proc.poll() is not None:
                 break
             if not answered and b"to confirm: " in shown:
-                os.write(leader, b"\x04" if answer is None else answer.encode() + b"\n")
+                if answer == "^C":
+                    proc.send_signal(signal.SIGINT)
+                else:
+                    os.write(leader, b"\x04" if answer is None else answer.encode() + b"\n")
                 answered = True
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=20)
     finally:
         os.close(leader)
     return proc.returncode, shown.decode(errors="replace")
@@ -173,6 +178,8 @@ def test_delete_on_a_terminal_asks_for_the_session_id(cli_env: dict[str, str],
     assert session_ids(cli_env) == ["s1"]
     code, err = _on_a_terminal(cli_env, None, "delete", "s1")  # end of input: no
     assert code == 1 and "nothing deleted" in err and session_ids(cli_env) == ["s1"], err
+    code, err = _on_a_terminal(cli_env, "^C", "delete", "s1")  # Ctrl-C: at once, no
+    assert code == 130 and "interrupted" in err and session_ids(cli_env) == ["s1"], err
     code, err = _on_a_terminal(cli_env, "s1", "delete", "s1")
     assert code == 0, err
     assert session_ids(cli_env) == []
