@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -419,3 +420,119 @@ async def test_a_version_2_store_is_still_read_and_keyed_by_rekey(
         assert result.generations_converted == 1
         await restore_profile(pool, "s", tmp_path / "converted")
     assert tree_files(tmp_path / "keyed") == tree_files(tmp_path / "converted") == kept(marked.root)
+
+
+def test_sealing_refuses_what_it_cannot_open() -> None:
+    """The checks below the vault: each refusal is a CorruptSnapshot or a one-line key error."""
+    from app.snapshot.sealing import (
+        KeyUnavailable,
+        SessionCodec,
+        split_codec,
+    )
+    from app.vault.keyring import make_keyset
+
+    key = VaultKey.parse(generate_key(), "k")
+    assert split_codec("zstd") == ("zstd", None)
+    assert split_codec(f"zstd{key.codec_suffix}") == ("zstd", key.id)
+    assert split_codec("zstd+rot13-00") == ("zstd+rot13-00", "")
+    with pytest.raises(ConfigError, match="32 bytes"):
+        VaultKey(b"short")
+    with pytest.raises(CorruptSnapshot, match="too short"):
+        key.open(b"tiny", b"", "chunk")
+    codec = SessionCodec("s", "hmac-sha256", b"k" * 32, make_keyset(key))
+    raw = os.urandom(5000)
+    address = codec.address(raw)
+    name, stored = codec.encode(raw, address)
+    assert codec.decode(name, stored, len(raw), address) == raw
+    with pytest.raises(CorruptSnapshot, match="authentication failed"):
+        codec.decode(name, stored, len(raw) + 1, address)  # another size: another binding
+    with pytest.raises(CorruptSnapshot, match="unknown codec"):
+        codec.decode("lz4", stored, len(raw), address)
+    other = SessionCodec("s", "hmac-sha256", b"k" * 32,
+                         make_keyset(VaultKey.parse(generate_key(), "k")))
+    with pytest.raises(KeyUnavailable, match=f"sealed with key id {key.id}"):
+        other.decode(name, stored, len(raw), address)
+    with pytest.raises(KeyUnavailable, match="cannot be read without"):
+        SessionCodec("s", "hmac-sha256", None, make_keyset(None))
+    manifest = codec.seal_manifest(b"plain manifest")
+    assert SessionCodec.open_manifest("s", manifest, codec.keys) == b"plain manifest"
+    with pytest.raises(CorruptSnapshot, match="authentication failed"):
+        SessionCodec.open_manifest("t", manifest, codec.keys)
+
+
+def test_rekey_command_line(cli_env: dict[str, str], settings: Settings, marked: ProfileTree,
+                            options: VaultOptions, tmp_path: Path) -> None:
+    assert_one_line(cli(cli_env, "rekey"), 2, "rekey needs the new key")
+    key = generate_key()
+    assert_one_line(cli(cli_env, "rekey", "--new-key", key, "--old-key", key), 2,
+                    "the old and the new key are the same key")
+    assert_one_line(cli(cli_env, "rekey", "--new-key", "bm90IGEga2V5"), 2,
+                    "--new-key holds 9 bytes")
+    asyncio.run(_snapshot(settings, marked, options))
+    out = cli(cli_env, "rekey", "--new-key", key, "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["generations_converted"] == 1 and result["left_plaintext_generations"] == 0
+    assert result["key_id"] == VaultKey.parse(key, "k").id
+    again = json.loads(cli(cli_env, "rekey", "--new-key", key, "--json").stdout)
+    assert again["generations_converted"] == again["chunks_resealed"] == 0
+    keyed_env = {**cli_env, "SESSIONKEEPER_ENCRYPTION_KEY": key}
+    restored = cli(keyed_env, "restore", "s", "--profile", str(tmp_path / "back"))
+    assert restored.returncode == 0, restored.stderr
+    assert tree_files(tmp_path / "back") == kept(marked.root)
+
+
+async def _snapshot(settings: Settings, profile: ProfileTree, options: VaultOptions) -> None:
+    async with store(settings) as pool:
+        await save_snapshot(pool, "s", profile.root, options)
+
+
+async def test_damaged_sealed_exports_change_nothing(
+    settings: Settings, marked: ProfileTree, options: VaultOptions, tmp_path: Path,
+) -> None:
+    key = generate_key()
+    file = tmp_path / "out.skx"
+    async with store(keyed(settings, key)) as pool:
+        await save_snapshot(pool, "s", marked.root, options)
+        await export_generation(pool, "s", file)
+        members = _members(file)
+        # A flipped byte in a sealed member: its tag fails; nothing committed.
+        name = next(n for n in members if n.startswith("chunks/"))
+        flipped = bytearray(members[name])
+        flipped[len(flipped) // 2] ^= 1
+        bad = tmp_path / "flipped.skx"
+        _write(bad, {**members, name: bytes(flipped)})
+        with pytest.raises(CorruptSnapshot, match=r"authentication failed.*nothing committed"):
+            await import_generation(pool, "copy", bad)
+        # A header that does not say how the file is sealed.
+        header = json.loads(members["sessionkeeper-export.json"])
+        header.pop("sealed")
+        bad = tmp_path / "unsealed-header.skx"
+        _write(bad, {**members, "sessionkeeper-export.json": json.dumps(header).encode()})
+        with pytest.raises(CorruptSnapshot, match="does not say how it is sealed"):
+            await import_generation(pool, "copy", bad)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM sessions WHERE id = 'copy'") == 0
+
+
+def _members(file: Path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(file) as tar:
+        out = {}
+        for member in tar.getmembers():
+            fh = tar.extractfile(member)
+            assert fh is not None
+            out[member.name] = fh.read()
+        return out
+
+
+def _write(file: Path, members: dict[str, bytes]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(file, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
