@@ -536,3 +536,64 @@ def _write(file: Path, members: dict[str, bytes]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def test_rekey_with_a_running_daemon(
+    start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str,
+    cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """The daemon keeps its session (reads the old key's rows, snapshots with the new key)
+    while rekey runs, is killed and resumes; then the new key alone brings it back logged in."""
+    old, new = generate_key(), generate_key()
+    new_suffix = VaultKey.parse(new, "k").codec_suffix
+    demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
+    first = start(SESSIONKEEPER_ENCRYPTION_KEY=old)
+    login(first, demo_port)
+    first.signal(signal.SIGTERM)
+    assert first.wait_exit(30) == 0
+    # Bulk under the old key beside the daemon's session, so that the re-seal takes a while.
+    settings = Settings(database_url=database_url, data_dir=tmp_path / "bulk-state")  # type: ignore[arg-type]
+
+    async def bulk() -> None:
+        async with store(keyed(settings, old)) as pool:
+            for n in range(2):
+                tree = build_profile(tmp_path / f"bulk{n}", idb_bytes=24 * 1024 * 1024,
+                                     seed=n + 7)
+                await save_snapshot(pool, f"bulk{n}", tree.root, VaultOptions())
+
+    asyncio.run(bulk())
+    second = start(SESSIONKEEPER_ENCRYPTION_KEY=new, SESSIONKEEPER_ENCRYPTION_KEY_OLD=old)
+    second.wait_for("ready", 60)
+    assert "qr_required" not in second.names()
+    env = {**cli_env, "SESSIONKEEPER_ENCRYPTION_KEY": new,
+           "SESSIONKEEPER_ENCRYPTION_KEY_OLD": old}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "rekey"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _count_sealed(database_url, new_suffix)[0] == 0:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done, total = _count_sealed(database_url, new_suffix)
+    assert 0 < done < total, (done, total)
+    # The daemon's final snapshot lands in the half re-sealed store.
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit(30) == 0
+    final = second.wait_for("shutdown_completed")
+    again = cli(env, "rekey", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["left_sealed_with_other_keys"] == 0
+    assert _count_sealed(database_url, new_suffix)[0] == _count_sealed(database_url,
+                                                                      new_suffix)[1]
+    shutil.rmtree(daemon_env["SESSIONKEEPER_PROFILE_DIR"])
+    third = start(SESSIONKEEPER_ENCRYPTION_KEY=new)
+    restored = third.wait_for("session_restored", 60)
+    assert restored["generation"] >= (final.get("generation") or 0)
+    third.wait_for("ready", 60)
+    assert "qr_required" not in third.names()
+    third.signal(signal.SIGTERM)
+    assert third.wait_exit(30) == 0
