@@ -23,11 +23,9 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from playwright.async_api import BrowserContext, Page, Playwright, async_playwright
-from playwright.async_api import Error as PlaywrightError
 
 from app.browser_processes import LaunchedPids, alive, find_launched, kill_browser, kill_driver
 from app.child_env import browser_env
@@ -37,6 +35,9 @@ from app.errors import ConfigError
 from app.login_state import LoginState, Observation
 from app.snapshot.local_storage import origin_of
 from app.targets import Target, read_page, whatsapp
+
+if TYPE_CHECKING:  # playwright itself loads with the driver's preparation (Browser.prepare)
+    from playwright.async_api import BrowserContext, Page, Playwright
 
 __all__ = ["Browser", "BrowserCrashed", "DevTools", "LoginState", "Observation",
            "TargetUnreachable", "remove_singletons"]
@@ -53,6 +54,16 @@ DRIVER_STOP_WAIT_S = 3.0
 # How long a killed Chromium gets to be gone from the process table.
 KILL_WAIT_S = 2.0
 DRIVER_GONE = "Playwright's driver is gone"
+
+
+def playwright_error() -> type[Exception]:
+    """Playwright's Error. playwright is imported when its driver is prepared, the first thing
+    a boot starts (a third of a second of imports, then the driver process), not with this
+    module; every call that may raise this comes after that."""
+    from playwright.async_api import Error  # noqa: PLC0415
+
+    return Error
+
 
 class BrowserCrashed(Exception):
     """Chromium or the page died (not closed by us)."""
@@ -136,11 +147,17 @@ class Browser:
             self.crash_reason = reason
 
     async def prepare(self) -> Playwright:
-        """Start Playwright's driver (about half a second); boot runs it alongside restore."""
+        """Start Playwright's driver (about a second before it answers); boot starts it first
+        (app/supervisor.py), to come up alongside the rest of the boot and the restore. No
+        Chromium process runs before the lease is held and the restore done, not even
+        `chromium --version` for the user agent (a hand-over's old owner may still run its
+        browser): start() reads that."""
         async with self._prepare_lock:
             if self._playwright is not None and self.driver_gone():
                 await self._stop_driver()  # it died: a relaunch needs a new one
             if self._playwright is None:
+                from playwright.async_api import async_playwright  # noqa: PLC0415
+
                 with stderr_to_log("playwright.driver"):  # its warnings as JSON lines
                     self._playwright = await async_playwright().start()
             return self._playwright
@@ -190,7 +207,7 @@ class Browser:
         try:
             await page.goto(self.target.url, wait_until="domcontentloaded",
                             timeout=GOTO_TIMEOUT_MS)
-        except PlaywrightError as exc:
+        except playwright_error() as exc:
             if self.crash_reason is not None:
                 raise BrowserCrashed(self.crash_reason) from None
             raise TargetUnreachable(str(exc).splitlines()[0][:300]) from None
@@ -235,7 +252,7 @@ class Browser:
             self._page = newest
             own, self._own = self._own, []
             for page in own:  # WhatsApp shows "use here" in the older of two tabs
-                with contextlib.suppress(PlaywrightError):
+                with contextlib.suppress(playwright_error()):
                     await page.close()
             return "client_page_followed"
         if self._page is not None and self._page in self._own:
@@ -256,7 +273,7 @@ class Browser:
         try:
             found: dict[str, Any] = await page.evaluate(whatsapp.PROBE_JS,
                                                         self.target.probe_args())
-        except PlaywrightError as exc:
+        except playwright_error() as exc:
             if self.crash_reason is not None:
                 raise BrowserCrashed(self.crash_reason or str(exc)) from None
             return Observation(None)  # mid-navigation, or the page went: ask again shortly
@@ -280,7 +297,7 @@ class Browser:
             script, value = scripts[action]
             result = await (page.evaluate(script, value) if value is not None
                             else page.evaluate(script))
-        except PlaywrightError:
+        except playwright_error():
             return None
         return None if result is None else str(result)
 
@@ -297,7 +314,7 @@ class Browser:
         answered = False
         if not self.driver_gone():
             with anyio.move_on_after(within):
-                with contextlib.suppress(PlaywrightError):
+                with contextlib.suppress(playwright_error()):
                     await context.close()
                 answered = True
         if pids is not None:
@@ -307,9 +324,11 @@ class Browser:
             await self._stop_driver(ask=False)  # it does not answer: of no more use
 
     async def stop(self) -> None:
-        """Close the context and the Playwright driver."""
+        """Close the context and the Playwright driver (one still being started, early in a
+        boot that a signal cut short, is waited for and stopped too)."""
         await self.close()
-        await self._stop_driver()
+        async with self._prepare_lock:
+            await self._stop_driver()
 
     async def _stop_driver(self, *, ask: bool = True) -> None:
         """Stop Playwright's driver: asked first (unless it is known not to answer), killed
@@ -321,10 +340,10 @@ class Browser:
         if not ask and driver is not None:
             kill_driver(driver)
         with anyio.move_on_after(DRIVER_STOP_WAIT_S) as scope:
-            with contextlib.suppress(PlaywrightError, OSError):
+            with contextlib.suppress(playwright_error(), OSError):
                 await playwright.stop()
         if scope.cancelled_caught and driver is not None:
             kill_driver(driver)
             with anyio.move_on_after(KILL_WAIT_S):
-                with contextlib.suppress(PlaywrightError, OSError):
+                with contextlib.suppress(playwright_error(), OSError):
                     await playwright.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -23,7 +23,9 @@ from app.session_ids import SESSION_ID_RULE, is_session_id
 from app.settings import Settings
 from app.store import leases
 from app.store.db import open_pool
-from app.webhook import Webhook
+
+if TYPE_CHECKING:
+    from app.webhook import Webhook  # aiohttp: loaded only when a webhook is set
 
 # Makes a session's runner for its settings and target name (None: this replica's target);
 # None when this replica cannot serve that target.

@@ -9,10 +9,12 @@ So the webhook's events are exactly log lines: `state_changed` on every state ch
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.metrics import Metrics
-from app.webhook import Webhook
+
+if TYPE_CHECKING:
+    from app.webhook import Webhook  # aiohttp: loaded only when a webhook is set
 
 WEBHOOK_EVENTS = frozenset({"state_changed", "snapshot_failed", "final_snapshot_failed",
                             # DevTools clients attached through /cdp must reconnect.

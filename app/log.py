@@ -20,10 +20,31 @@ import re
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import Any, Literal, TextIO
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import structlog
+
+def _import_structlog_without_rich() -> ModuleType:
+    """structlog looks for rich when it is imported (pretty tracebacks for its console
+    renderer): a third of a second of every boot, for lines the daemon writes as JSON. rich is
+    hidden while structlog loads (a None in sys.modules reads as "not installed"); tracebacks
+    in console lines are then plain ones, and rich still loads for a progress bar."""
+    hidden = "rich" not in sys.modules
+    if hidden:
+        sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: PLC0415
+    finally:
+        if hidden:
+            del sys.modules["rich"]
+    return structlog
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog_without_rich()
 
 _SECRETS: set[str] = set()
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<pw>[^@/\s]+)@")
@@ -174,7 +195,8 @@ def configure_logging(
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback)
     threshold = logging.getLevelNamesMapping()[level.upper()]
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(

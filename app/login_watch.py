@@ -54,6 +54,10 @@ class WatchedSession(Protocol):
     async def ready_reached(self) -> None:
         """The session is ready (time the hand-over, once)."""
 
+    def since_start_ms(self) -> int:
+        """Milliseconds since the process started (the `ready` line carries it)."""
+        ...
+
     async def restore_rejected(self, generation: int) -> None:
         """A restored logged-in generation asks for a QR code: raise RestoreRejected when an
         older logged-in generation is to be tried instead; return when none is left."""
@@ -257,7 +261,7 @@ class LoginWatch:
             self.logged_in = True
             self._ready_since = time.monotonic()
             self.log.info("ready", previous=previous.value, app_state=seen.app_state,
-                          synced=seen.synced)
+                          synced=seen.synced, since_start_ms=self.session.since_start_ms())
             await self.session.ready_reached()
             return
         self._ready_since = None

@@ -23,7 +23,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.process_memory import tree_memory
 from app.status import STATES, SessionFacts
 from app.vault.save import SaveResult
 
@@ -42,6 +41,9 @@ class BrowserMemory(Collector):
         self.pids = pids
 
     def collect(self) -> Iterator[Metric]:
+        # psutil when /metrics is scraped, not at boot (tests/test_boot_imports.py).
+        from app.process_memory import tree_memory  # noqa: PLC0415
+
         rss = GaugeMetricFamily(
             "sessionkeeper_browser_resident_memory_bytes", "Summed RSS of the session's "
             "Chromium processes (shared pages counted in each).", labels=["session"])

@@ -6,13 +6,13 @@ import io
 import sys
 from typing import Any, Literal
 
-import segno
-
 
 def print_terminal_qr(payload: str) -> bool:
     """Draw the QR code on stdout when it is a terminal; False when it is not."""
     if not sys.stdout.isatty():
         return False
+    import segno  # noqa: PLC0415  (only once a code is shown, not at every boot)
+
     segno.make(payload, error="L").terminal(out=sys.stdout, compact=True)
     sys.stdout.flush()
     return True
@@ -33,6 +33,8 @@ def log_qr(log: Any, event: str, payload: str | None, enabled: bool) -> None:
 
 def render_qr(payload: str, kind: Literal["png", "svg"]) -> bytes:
     """The QR code as a standalone PNG or SVG document, large enough to scan from a screen."""
+    import segno  # noqa: PLC0415
+
     buf = io.BytesIO()
     code = segno.make_qr(payload, error="m")
     if kind == "svg":

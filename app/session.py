@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -48,7 +48,9 @@ from app.vault.local_marker import LocalMarker, profile_has_files
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_order, restore_profile
 from app.vault.save import Label, LabelFn, SaveResult, save_snapshot
-from app.webhook import Webhook
+
+if TYPE_CHECKING:
+    from app.webhook import Webhook  # aiohttp: loaded only when a webhook is set
 
 # Of SESSIONKEEPER_SHUTDOWN_TIMEOUT, what a child may take to exit before it is killed leaves
 # this much (at most 10 s) for the final snapshot.

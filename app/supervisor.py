@@ -21,22 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
-from app.cdp import CdpRoutes, check_cdp_settings
 from app.child_env import exec_env
 from app.chromium import find_chromium
 from app.claims import Claimer
-from app.drivers.child import ChildDriver
 from app.drivers.chromium import ChromiumDriver
-from app.http import HttpServer, build_app
 from app.log import bind_session, get_logger
 from app.login_state import LoginState
 from app.metrics import Metrics
@@ -46,9 +46,35 @@ from app.status import StatusBoard
 from app.store.db import require_database
 from app.store.schema import SchemaNotReady
 from app.targets import WHATSAPP, Target, custom_target, demo_target, demo_url, login_key_for
-from app.webhook import Webhook
+
+if TYPE_CHECKING:
+    from app.webhook import Webhook
 
 __all__ = ["run_daemon", "run_exec", "session_settings"]
+
+
+async def _load(name: str) -> ModuleType:
+    """Import a module in a worker thread. aiohttp (the HTTP server, the demo site) is half a
+    second of imports that the event loop would otherwise wait through: meanwhile it spawns
+    Playwright's driver, connects to the database, restores (tests/test_boot_imports.py)."""
+    return await anyio.to_thread.run_sync(importlib.import_module, name)
+
+
+@contextlib.contextmanager
+def _prepared_early(drivers: Sequence[ChromiumDriver]) -> Iterator[None]:
+    """Start each driver's preparation now, before anything else of the boot: Playwright's
+    driver process takes about a second to answer, and comes up alongside the imports, the
+    database and the restore instead of after them. It never touches the profile (Chromium
+    launches once the restore is done). Its errors are the session's: the session prepares
+    again (the same lock: a preparation under way is waited for) and fails there."""
+    tasks = [asyncio.ensure_future(d.prepare()) for d in drivers]
+    for task in tasks:
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 @asynccontextmanager
@@ -57,10 +83,9 @@ async def _demo_site(settings: Settings) -> AsyncIterator[Any]:
     if settings.target != "demo":
         yield None
         return
-    from app.demo.server import DemoSite  # noqa: PLC0415
-
-    site = DemoSite(port=settings.demo_port, message_rate=settings.demo_message_rate,
-                    history_kb=int(settings.demo_history_mb * 1024))
+    demo = await _load("app.demo.server")
+    site = demo.DemoSite(port=settings.demo_port, message_rate=settings.demo_message_rate,
+                         history_kb=int(settings.demo_history_mb * 1024))
     url = demo_url(settings)
     binder: asyncio.Task[None] | None = None
     try:
@@ -109,6 +134,8 @@ async def _start_webhook(settings: Settings, stack: AsyncExitStack) -> Webhook |
     """The webhook sender, stopped (after a short drain) when the daemon ends."""
     if settings.webhook_url is None:
         return None
+    from app.webhook import Webhook  # noqa: PLC0415  (aiohttp's client: only with a webhook)
+
     webhook = Webhook(settings.webhook_url.get_secret_value(), settings.webhook_timeout)
     await webhook.start()
     stack.push_async_callback(webhook.stop)
@@ -186,14 +213,15 @@ def _route_loop_errors() -> None:
     loop.set_exception_handler(handler)
 
 
-def _simulate_phone(runner: SessionRunner, site: Any, delay: float) -> None:
+def _simulate_phone(runner: SessionRunner, site: Callable[[], Any], delay: float) -> None:
     """Demo only: approve the QR code a session shows, `delay` seconds after it first shows
-    one, and again while it still asks (codes rotate, and one site serves many sessions)."""
+    one, and again while it still asks (codes rotate, and one site serves many sessions).
+    site() is the demo site (it starts alongside the sessions; a QR code comes after)."""
     loop = asyncio.get_running_loop()
 
     def approve() -> None:
-        if runner.state is LoginState.QR_REQUIRED and runner.qr_payload:
-            site.link(runner.qr_payload)
+        if runner.state is LoginState.QR_REQUIRED and runner.qr_payload and site():
+            site().link(runner.qr_payload)
         if runner.state is not LoginState.READY:
             loop.call_later(delay, approve)
 
@@ -256,16 +284,35 @@ async def run_daemon(settings: Settings) -> int:
         bind_session(session_settings(settings)[0].session_id)
     log = get_logger(session_id=settings.session_id)
     require_database(settings)  # deployed without DATABASE_URL: one line, before anything
+    if settings.cdp:
+        from app.cdp import check_cdp_settings  # noqa: PLC0415
+
+        check_cdp_settings(settings)
     warn_if_unencrypted(settings, log)
-    check_cdp_settings(settings)
     chromium = find_chromium(settings.chromium_path)
     target = _target_of(settings)
     assert target is not None
     stop = _StopSignal(log)
     _install_signals(stop, log)
     _route_loop_errors()
+
+    # The demo site and the HTTP server start alongside the sessions (their connection,
+    # lease and restore); Chromium launches once both answer, so that from `browser_started`
+    # on, the status page and /readyz follow what the log says.
+    front_up = anyio.Event()
+
+    def make_driver(s: Settings, session_target: Target) -> ChromiumDriver:
+        return ChromiumDriver(chromium, s.profile_dir.absolute(), session_target, cdp=s.cdp,
+                              launch_after=front_up)
+
+    # The sessions this process runs from the start (not claim mode): their drivers are
+    # prepared first, before anything else (see _prepared_early).
+    early = {s.session_id: make_driver(s, t) for s in session_settings(settings)
+             if settings.max_sessions is None and (t := _target_of(s)) is not None}
     async with AsyncExitStack() as stack:
-        demo_site = await stack.enter_async_context(_demo_site(settings))
+        stack.enter_context(_prepared_early(list(early.values())))
+        await anyio.lowlevel.checkpoint()  # each preparation runs up to its driver's spawn
+        demo_site: Any = None
         metrics = Metrics()
         webhook = await _start_webhook(settings, stack)
 
@@ -273,11 +320,10 @@ async def run_daemon(settings: Settings) -> int:
             session_target = _target_of(s, target_name)
             if session_target is None:
                 return None
-            driver = ChromiumDriver(chromium, s.profile_dir.absolute(), session_target,
-                                    cdp=s.cdp)
+            driver = early.pop(s.session_id, None) or make_driver(s, session_target)
             runner = SessionRunner(s, driver, started, metrics, webhook)
-            if demo_site is not None and s.demo_link_after is not None:
-                _simulate_phone(runner, demo_site, s.demo_link_after)
+            if settings.target == "demo" and s.demo_link_after is not None:
+                _simulate_phone(runner, lambda: demo_site, s.demo_link_after)
             return runner
 
         runners: list[SessionRunner] = []
@@ -300,18 +346,30 @@ async def run_daemon(settings: Settings) -> int:
         board = StatusBoard(runners, claimer.owner, settings.max_sessions is not None,
                             lambda: claimer.pool)
         token = settings.http_token.get_secret_value() if settings.http_token else None
-        cdp = CdpRoutes(attachable, settings.cdp_bind) if settings.cdp else None
-        http = HttpServer(build_app(status, board, metrics, token, cdp), settings.port)
-        await http.start()
-        stack.push_async_callback(http.stop)
-        log.info("daemon_started", target=target.name, chromium=str(chromium),
-                 port=settings.port, sessions=[r.session_id for r in runners],
-                 cdp=settings.cdp, cdp_bind=str(settings.cdp_bind or "any"))
-        if token is None:
-            log.warning("status_page_unprotected", port=settings.port,
-                        fix="set SESSIONKEEPER_HTTP_TOKEN: the page shows the login QR code")
+
+        async def start_front() -> None:
+            """The demo site and the HTTP server (their imports in a worker thread), while
+            the sessions connect, take their leases and restore."""
+            nonlocal demo_site
+            demo_site = await stack.enter_async_context(_demo_site(settings))
+            cdp = (await _load("app.cdp")).CdpRoutes(attachable, settings.cdp_bind) \
+                if settings.cdp else None
+            web = await _load("app.http")
+            http = web.HttpServer(web.build_app(status, board, metrics, token, cdp),
+                                  settings.port)
+            await http.start()
+            stack.push_async_callback(http.stop)
+            log.info("daemon_started", target=target.name, chromium=str(chromium),
+                     port=settings.port, sessions=[r.session_id for r in runners],
+                     cdp=settings.cdp, cdp_bind=str(settings.cdp_bind or "any"))
+            if token is None:
+                log.warning("status_page_unprotected", port=settings.port,
+                            fix="set SESSIONKEEPER_HTTP_TOKEN: the page shows the login QR code")
+            front_up.set()
+
         failed = False
         not_ready: SchemaNotReady | None = None
+        front_failed: Exception | None = None  # a port in use: the CLI's one line, after shutdown
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
@@ -321,6 +379,11 @@ async def run_daemon(settings: Settings) -> int:
                     for runner in runners:
                         tg.start_soon(runner.driver.prepare)
                         tg.start_soon(keep_session, runner, stack, len(runners) > 1)
+                try:
+                    await start_front()
+                except Exception as exc:
+                    front_failed = exc
+                    tg.cancel_scope.cancel()
         except Exception as exc:
             failed = True
             not_ready = schema_not_ready(exc)
@@ -333,6 +396,8 @@ async def run_daemon(settings: Settings) -> int:
             for runner in runners:
                 tg.start_soon(shut, runner)
         await _close_bounded(stack, stop.close_budget(settings))
+    if front_failed is not None:
+        raise front_failed
     if not_ready is not None:
         raise not_ready  # the CLI's one line: run `sessionkeeper migrate`
     return 1 if failed or not all(results) else 0
@@ -377,6 +442,8 @@ async def run_exec(settings: Settings, command: Sequence[str]) -> int:
                "SESSIONKEEPER_SESSION_ID": settings.session_id}
         if demo_site is not None:
             env.setdefault("SESSIONKEEPER_TARGET_URL", demo_url(settings))
+        from app.drivers.child import ChildDriver  # noqa: PLC0415
+
         driver = ChildDriver(command, env, profile, login_key)
         stop = _StopSignal(log)
         _install_signals(stop, log, on_second=driver.kill_now)

@@ -43,6 +43,9 @@ class RecordingSession:
     async def ready_reached(self) -> None:
         pass
 
+    def since_start_ms(self) -> int:
+        return 1234
+
     async def restore_rejected(self, generation: int) -> None:
         self.rejected.append(generation)  # no older generation to try: the watch goes on
 

@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 
 import anyio
-from playwright.async_api import Error as PlaywrightError
 
-from app.browser import Browser, BrowserCrashed, DevTools, TargetUnreachable
+from app.browser import Browser, BrowserCrashed, DevTools, TargetUnreachable, playwright_error
 from app.drivers.base import SessionHost
 from app.login_state import KNOWN
 from app.snapshot.local_storage import LoginKey
@@ -30,8 +29,11 @@ class ChromiumDriver:
     name = "chromium"
 
     def __init__(self, chromium: Path, profile: Path, target: Target, *,
-                 cdp: bool = False) -> None:
+                 cdp: bool = False, launch_after: anyio.Event | None = None) -> None:
         self.browser = Browser(chromium, profile, target, cdp=cdp)
+        # The first launch waits for it: set once the daemon's demo site and HTTP server
+        # answer (they start alongside the session's restore).
+        self.launch_after = launch_after
         self.ran = False
         self.login_key: LoginKey | None = None
 
@@ -58,6 +60,8 @@ class ChromiumDriver:
         """Run Chromium and watch the login; relaunch with backoff when it crashes."""
         delay = 1.0
         crashed = False
+        if self.launch_after is not None:
+            await self.launch_after.wait()
         while True:
             launched = time.monotonic()
             try:
@@ -74,7 +78,7 @@ class ChromiumDriver:
             except TargetUnreachable as exc:
                 host.log.warning("target_unreachable", url=self.browser.target.url,
                                  reason=str(exc), retry_in_s=delay)
-            except (BrowserCrashed, PlaywrightError) as exc:
+            except (BrowserCrashed, playwright_error()) as exc:
                 if time.monotonic() - launched > STABLE_S:
                     delay = 1.0
                 host.log.error("browser_crashed", reason=str(exc).splitlines()[0][:300],

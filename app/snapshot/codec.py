@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import zstandard
-from fastcdc import fastcdc
 
 from app.errors import CorruptSnapshot
 
@@ -47,6 +46,9 @@ def digest(data: bytes | memoryview) -> bytes:
 def iter_chunks(stream: BinaryIO, read_size: int = _READ) -> Iterator[bytes]:
     """Content-defined chunks of a stream, read `read_size` bytes at a time (memory stays
     bounded whatever the file's size); the same cuts as chunking the whole content at once."""
+    # Imported here: fastcdc's package loads click (its command line), which no boot needs.
+    from fastcdc import fastcdc  # noqa: PLC0415
+
     buf = b""
     eof = False
     while not eof:
