@@ -373,9 +373,7 @@ async def run_daemon(settings: Settings) -> int:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop.cancel_on_signal, tg.cancel_scope)
-                if settings.max_sessions is not None:
-                    tg.start_soon(claimer.run, stack, tg)
-                else:
+                if settings.max_sessions is None:
                     for runner in runners:
                         tg.start_soon(runner.driver.prepare)
                         tg.start_soon(keep_session, runner, stack, len(runners) > 1)
@@ -384,6 +382,9 @@ async def run_daemon(settings: Settings) -> int:
                 except Exception as exc:
                     front_failed = exc
                     tg.cancel_scope.cancel()
+                if settings.max_sessions is not None and front_failed is None:
+                    # Claim mode: claims begin once the status page answers (it lists them).
+                    tg.start_soon(claimer.run, stack, tg)
         except Exception as exc:
             failed = True
             not_ready = schema_not_ready(exc)
