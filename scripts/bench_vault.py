@@ -108,7 +108,7 @@ def bench_size(size_mb: int, runs: int, base_url: str, work: Path,
 
     def one_run(run: int, keyed: bool) -> None:
         """One run; with keyed, on an encrypted store (metrics prefixed `keyed_`), then a
-        key rotation of it (`rekey_ms`)."""
+        key rotation of it (`keyed_rekey_ms`)."""
         prefix = "keyed_" if keyed else ""
 
         def add(key: str, value: float) -> None:
@@ -220,7 +220,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "vault-bench")
     parser.add_argument("--encryption", action="store_true",
-                        help="each run also on an encrypted store (keyed_* figures, rekey_ms)")
+                        help="each run also on an encrypted store (keyed_* figures and a "
+                        "rotation's keyed_rekey_ms)")
     args = parser.parse_args()
     base = server_url()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -319,8 +319,10 @@ async def import_generation(
     # authenticated as they were opened (its keyed addresses belong to the source session).
     check = Decoder()
     check_address = digest if seal.key is None else None
-    # Every chunk is addressed and sealed as the target session's own.
+    # Every chunk is addressed and sealed as the target session's own; a plaintext export into
+    # a plaintext store keeps its SHA-256 addresses, so its stored bytes go in as they are.
     target = ring.codec(session_id)
+    as_stored = seal.key is None and not target.sealing and target.addressing == ADDRESSING_SHA256
     renamed: dict[bytes, bytes] = {}
     chunks_new = uploaded = 0
     # A label the file may carry; anything else counts as unlabelled.
@@ -350,6 +352,10 @@ async def import_generation(
                             manifest = doc.resolve(lists)
                             sizes.update(manifest.chunk_sizes())
                         continue  # the commit stores the target's own list objects
+                    if as_stored:
+                        renamed[d] = d
+                        rows[d] = (d, len(raw), codec, data)
+                        continue
                     ours = renamed[d] = target.address(raw)
                     rows[ours] = (ours, len(raw), *target.encode(raw, ours))
                 present = await repo.existing_digests(conn, session_id, list(rows))

@@ -151,8 +151,6 @@ async def _reseal_manifests(conn: Conn, session_id: str, new: VaultKey,
     writer = ring.codec(session_id)
     for r in rows:
         stored = bytes(r["manifest"])
-        if key_id_of_manifest(stored) == new.id:
-            continue
         sealed = writer.seal_manifest(SessionCodec.open_manifest(session_id, stored, ring.keys))
         status = await conn.execute(
             "UPDATE snapshots SET manifest = $3, manifest_sha256 = $4 WHERE session_id = $1 "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.private_files import private_dir, write_private_text
-from app.snapshot.manifest import pack_refs, unpack_refs
+from app.snapshot.manifest import ADDRESSING_SHA256, pack_refs, unpack_refs
 from app.snapshot.staging import StagedFile
 
 RACY_NS = 2_000_000_000
@@ -33,7 +33,7 @@ class StatCache:
     entries: dict[str, tuple[int, int, int, int, Chunks]] = field(default_factory=dict)
     # The addressing its chunk lists were made with (Keyring.tag): a cache recorded before
     # the store was keyed names plaintext addresses.
-    addressing: str = "sha256"
+    addressing: str = ADDRESSING_SHA256
 
     def matches(self, generation: int, content_digest: bytes) -> bool:
         """True if this cache describes that committed generation."""
@@ -60,7 +60,7 @@ class StatCache:
             for rel, (size, mtime, ino, dev, hexed) in doc["entries"].items():
                 entries[rel] = (size, mtime, ino, dev, unpack_refs(bytes.fromhex(hexed)))
             return cls(session_id, doc.get("generation"), doc.get("content_digest"), entries,
-                       str(doc.get("addressing", "sha256")))
+                       str(doc.get("addressing", ADDRESSING_SHA256)))
         except (OSError, ValueError, KeyError, TypeError):
             return cls(session_id)
 
