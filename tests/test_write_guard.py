@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,11 @@ import asyncpg
 import pytest
 
 from app.errors import CorruptSnapshot, LeaseHeld
+from app.snapshot.manifest import FileEntry, Manifest
 from app.store import leases, repo
 from app.vault.archive import HEADER_NAME, export_generation, import_generation
+from app.vault.commit import commit_manifest
+from app.vault.manifests import load_manifest
 from app.vault.options import VaultOptions
 from app.vault.restore import restore_profile
 from app.vault.save import save_snapshot
@@ -164,6 +169,24 @@ def _without_one_chunk(src: Path, dst: Path, leave_out: set[str]) -> None:
                 data = json.dumps(header).encode()
                 member.size = len(data)
             tout.addfile(member, io.BytesIO(data))
+
+
+@pytest.mark.anyio
+async def test_a_commit_naming_a_missing_chunk_commits_nothing(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions) -> None:
+    """The last guard of every writer (snapshot, import, rekey): the commit itself counts the
+    chunks its manifest names and refuses when one is not stored (import and restore check
+    earlier too, so only a direct commit reaches this one)."""
+    await save_snapshot(pool, "s", profile.root, options)
+    async with pool.acquire() as conn:
+        opened = await load_manifest(conn, "s", 1)
+        ghost = FileEntry("Default/ghost", 0o600, 100, 0, (os.urandom(32),), (100,))
+        holed = Manifest(files=[*opened.manifest.files, ghost], dirs=opened.manifest.dirs,
+                         addressing=opened.manifest.addressing)
+        with pytest.raises(CorruptSnapshot, match="1 chunks are missing; nothing committed"):
+            await commit_manifest(conn, "s", holed, level=3, kind="manual", login_state=None,
+                                  chunks_new=0, bytes_uploaded=0, started=time.monotonic())
+        assert _gens(await repo.list_generations(conn, "s")) == [1]
 
 
 @pytest.mark.anyio
