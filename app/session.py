@@ -440,11 +440,12 @@ class SessionRunner:
 
     async def mark_logged_out(self) -> list[int]:
         """The phone unlinked the device: no logged-in generation may be restored again.
-        Fenced by the lease; best effort while the database is away (none marked)."""
+        Fenced by the lease; best effort while the database is away (none marked). A snapshot
+        under way (labelled logged in when it began) commits first and is marked too."""
         if self.pool is None or self.lease_token is None:
             return []
         try:
-            async with self.pool.acquire() as conn:
+            async with self._snapshot_lock, self.pool.acquire() as conn:
                 marked = await repo.mark_logged_out(conn, self.session_id, self.owner,
                                                     self.lease_token)
                 await self._read_snapshot_facts(conn)
