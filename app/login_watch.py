@@ -134,7 +134,11 @@ class LoginWatch:
                           degraded_by=sorted(self._degraded) or None)
 
     def label(self) -> str | None:
-        """The label of a snapshot taken now (None: not known, none is taken)."""
+        """The label of a snapshot taken now (None: not known, none is taken). Right after a
+        logged-in generation is restored nothing is known until the page shows more than
+        connecting: its first screen may yet ask for a QR code (an unlink, a torn capture)."""
+        if self._first_after_restore:
+            return None
         return label_of(self._state, self.logged_in)
 
     def reset(self, state: LoginState = LoginState.STARTING) -> None:

@@ -87,6 +87,8 @@ async def test_a_qr_code_as_the_first_screen_after_a_restored_login_is_a_logout(
     watch.restored_generation(7, "ready", has_login_snapshot=True)
     await watch.observe(wa("OPENING"))  # loading comes first and decides nothing
     assert watch.state is LoginState.CONNECTING and not lines.events("logged_out")
+    # Nor is a snapshot taken meanwhile: labelled logged in, it would outlive the logout.
+    assert watch.label() is None
     await watch.observe(wa("UNPAIRED", payload="2@abc"))
     # An older logged-in generation is asked for first (self-healing restore); none is left.
     assert session.rejected == [7]
@@ -102,8 +104,11 @@ async def test_a_restored_login_that_comes_up_ready_is_no_logout() -> None:
     watch, session, _ = make()
     watch.restored_generation(7, "ready", has_login_snapshot=True)
     await watch.observe(wa("CONNECTED", synced=False))
-    assert watch.state is LoginState.CONNECTING and watch.label() == "ready"
+    assert watch.state is LoginState.CONNECTING and watch.label() is None  # not decided yet
     await watch.observe(wa("CONNECTED"))
+    assert watch.state is LoginState.READY and watch.label() == "ready"
+    await watch.observe(wa("CONNECTED", synced=False))  # connecting again, once logged in
+    assert watch.state is LoginState.CONNECTING and watch.label() == "ready"
     await watch.observe(wa("UNPAIRED", payload="2@abc"))  # later: a plain QR page
     assert watch.state is LoginState.QR_REQUIRED and session.marks == 0
     assert session.checkpoints == 0  # the restored login needs no checkpoint

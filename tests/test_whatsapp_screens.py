@@ -276,35 +276,26 @@ def test_unlinked_while_no_daemon_ran_is_logged_out_at_boot(
         third.stop_cleanly()
 
 
-# The daemon of the second boot below, with two methods patched (named as such): the page is
-# seen connecting before its logout, and the logout is seen while a snapshot labelled
-# logged-in (taken while connecting) is under way and slowed down.
-SNAPSHOT_IN_FLIGHT_AT_LOGOUT = """
-import dataclasses, sys, anyio
-import app.session as session, app.login_watch as watch
-from app.login_state import LoginState
-in_flight = []
+# The daemon below with two methods patched (named as such): a periodic snapshot starts right
+# after the login checkpoint (the interval's timing, injected), and its capture is slowed down
+# so that the logout is seen while it is under way.
+SNAPSHOT_UNDER_WAY_AT_LOGOUT = """
+import asyncio, json, sys, anyio
+import app.session as session
 original_save = session.save_snapshot
 async def save_snapshot(*args, **kwargs):
-    in_flight.append(kwargs.get("login_state"))
-    try:
-        await anyio.sleep(3)
-        return await original_save(*args, **kwargs)
-    finally:
-        in_flight.pop()
+    if kwargs.get("kind") == "periodic":
+        print(json.dumps({"event": "test_snapshot_started",
+                          "login_state": kwargs.get("login_state")}), flush=True)
+        await anyio.sleep(8)
+    return await original_save(*args, **kwargs)
 session.save_snapshot = save_snapshot
-original_observe = watch.LoginWatch.observe
-async def observe(self, seen):
-    if seen.state in (LoginState.QR_REQUIRED, LoginState.LOGGED_OUT) and self.restored:
-        if not in_flight:
-            await original_observe(self, dataclasses.replace(
-                seen, state=LoginState.CONNECTING, logout=False, qr_payload=None))
-            with anyio.move_on_after(20):
-                while not in_flight:
-                    await anyio.sleep(0.05)
-        self.log.info("test_logout_seen", snapshots_under_way=list(in_flight))
-    await original_observe(self, seen)
-watch.LoginWatch.observe = observe
+original_checkpoint = session.SessionRunner.checkpoint
+started = []
+async def checkpoint(self):
+    await original_checkpoint(self)
+    started.append(asyncio.get_running_loop().create_task(self.snapshot("periodic")))
+session.SessionRunner.checkpoint = checkpoint
 from app.cli import main
 sys.exit(main(["run"]))
 """
@@ -312,37 +303,31 @@ sys.exit(main(["run"]))
 
 def test_a_snapshot_under_way_when_the_logout_is_seen_is_marked_too(
         start: Callable[..., Daemon], daemon_env: dict[str, str], database_url: str) -> None:
-    """A snapshot labelled logged-in that commits after the logout was marked would be
+    """A snapshot labelled logged in that commits after the logout was marked would be
     restored at the next boot: the marking waits for it and marks it too."""
     demo_port = int(daemon_env["SESSIONKEEPER_DEMO_PORT"])
     with ThreadedDemoSite(demo_port, message_rate=0) as site:
-        first = start()
-        link_through(first, site)
-        first.stop_cleanly()
-        final = first.wait_for("shutdown_completed")["generation"]
-        site.call(lambda s: s.unlink())
-
-        second = Daemon(daemon_env, command=[sys.executable, "-c", SNAPSHOT_IN_FLIGHT_AT_LOGOUT])
+        daemon = Daemon(daemon_env, command=[sys.executable, "-c", SNAPSHOT_UNDER_WAY_AT_LOGOUT])
         try:
-            seen = second.wait_for("test_logout_seen", 60)
-            assert seen["snapshots_under_way"] == ["ready"]  # the race is on
-            second.wait_for("logged_out", 30)
-            raced = second.wait_for("snapshot_committed", 30, kind="periodic")
-            # The capture began logged in, and committed after the logout was seen.
-            assert raced["login_state"] == "ready" and raced["generation"] > final
-            second.stop_cleanly()
+            link_through(daemon, site)
+            daemon.wait_for("test_snapshot_started", 30, login_state="ready")
+            site.call(lambda s: s.unlink())  # while the capture is under way
+            out = daemon.wait_for("logged_out", 30)
+            raced = daemon.wait_for("snapshot_committed", 30, kind="periodic")
+            assert raced["login_state"] == "ready"
+            daemon.stop_cleanly()
         finally:
-            second.kill_all()
+            daemon.kill_all()
         labels = {g["generation"]: g["login_state"] for g in generations(database_url)}
-        assert all(label != "ready" for label in labels.values()), (labels, second.log_text())
+        assert raced["generation"] in out["generations_marked"], (labels, daemon.log_text())
+        assert "ready" not in labels.values(), labels
 
-        third = start()
-        restored = third.booted()
-        assert restored["generation"] != raced["generation"]
+        again = start()
+        restored = again.booted()
         assert restored["login_state"] != "ready"
-        third.wait_for("qr_required", 60)
-        assert "logged_out" not in third.names()
-        third.stop_cleanly()
+        again.wait_for("qr_required", 60)
+        assert "logged_out" not in again.names()
+        again.stop_cleanly()
 
 
 def test_blocked_and_unknown_screens_are_never_ready(start: Callable[..., Daemon],
