@@ -137,9 +137,7 @@ class LoginWatch:
         """The label of a snapshot taken now (None: not known, none is taken). Right after a
         logged-in generation is restored nothing is known until the page shows more than
         connecting: its first screen may yet ask for a QR code (an unlink, a torn capture)."""
-        if self._first_after_restore:
-            return None
-        return label_of(self._state, self.logged_in)
+        return None if self._first_after_restore else label_of(self._state, self.logged_in)
 
     def reset(self, state: LoginState = LoginState.STARTING) -> None:
         """What held the profile went away: nothing is known until it is back."""
