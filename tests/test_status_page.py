@@ -212,7 +212,10 @@ def test_webhook_receives_state_changes_after_a_failed_delivery(
                        SESSIONKEEPER_DEMO_LINK_AFTER="0.5")
         daemon.wait_for("ready", 60)
         ready = receiver.wait_for(30, event="state_changed", state="ready")
-        assert ready["session_id"] == SESSION and ready["previous"] == "qr_required"
+        # A link passes through connecting when the page is read while it pairs (timing).
+        logged_ready = daemon.wait_for("state_changed", 1, state="ready")
+        assert ready["session_id"] == SESSION
+        assert ready["previous"] == logged_ready["previous"] in ("qr_required", "connecting")
         assert receiver.answered[0] == 500
         retried = daemon.wait_for("webhook_retry", 10)
         assert retried["attempt"] == 1 and "webhook_failed" not in daemon.names()
