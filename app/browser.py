@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from app import early_driver
 from app.browser_processes import LaunchedPids, alive, find_launched, kill_browser, kill_driver
 from app.child_env import browser_env
 from app.child_stderr import stderr_to_log
@@ -157,29 +156,11 @@ class Browser:
             if self._playwright is not None and self.driver_gone():
                 await self._stop_driver()  # it died: a relaunch needs a new one
             if self._playwright is None:
-                early = await self._early_driver()
-                self._playwright = early if early is not None else await self._start_driver()
+                from playwright.async_api import async_playwright  # noqa: PLC0415
+
+                with stderr_to_log("playwright.driver"):  # its warnings as JSON lines
+                    self._playwright = await async_playwright().start()
             return self._playwright
-
-    @staticmethod
-    async def _early_driver() -> Playwright | None:
-        """The driver `run` spawned before its imports (app/early_driver.py), for the first
-        browser to prepare; None when there is none or it did not start (a start of its own
-        says why)."""
-        start = early_driver.take()
-        if start is None:
-            return None
-        try:
-            return await start
-        except Exception:  # the driver's own start raises it again
-            return None
-
-    @staticmethod
-    async def _start_driver() -> Playwright:
-        from playwright.async_api import async_playwright  # noqa: PLC0415
-
-        with stderr_to_log("playwright.driver"):  # its warnings as JSON lines
-            return await async_playwright().start()
 
     def driver_gone(self) -> bool:
         """True once Playwright's driver, seen running at a launch, has exited."""

@@ -38,33 +38,21 @@ class _FilenoOnly:
         return getattr(self._real, name)
 
 
-class LineContext:
-    """The context the lines are logged in (its session_id goes with them): the opener's, or
-    the one that adopts the child later (a driver started before its session was known)."""
-
-    def __init__(self) -> None:
-        self.context = contextvars.copy_context()
-
-    def adopt(self) -> None:
-        """From now on, log the lines in the caller's context."""
-        self.context = contextvars.copy_context()
-
-
-def _pump(read_fd: int, logger: logging.Logger, where: LineContext) -> None:
+def _pump(read_fd: int, logger: logging.Logger) -> None:
     with open(read_fd, encoding="utf-8", errors="replace") as pipe:
         for raw in pipe:
             line = raw.rstrip()
             if line:
-                where.context.run(logger.warning, "%s", line[:MAX_LINE])
+                logger.warning("%s", line[:MAX_LINE])
 
 
 @contextlib.contextmanager
-def stderr_to_log(logger_name: str) -> Iterator[LineContext]:
+def stderr_to_log(logger_name: str) -> Iterator[None]:
     """Children started inside this block write their stderr as log lines of logger_name."""
     read_fd, write_fd = os.pipe()
-    where = LineContext()
-    thread = threading.Thread(target=_pump, args=(read_fd, logging.getLogger(logger_name),
-                                                  where),
+    context = contextvars.copy_context()  # the caller's session_id goes with the lines
+    thread = threading.Thread(target=context.run, args=(_pump, read_fd,
+                                                        logging.getLogger(logger_name)),
                               name=f"stderr:{logger_name}", daemon=True)
     thread.start()
     if not _active:
@@ -73,7 +61,7 @@ def stderr_to_log(logger_name: str) -> Iterator[LineContext]:
     _active.append(proxy)
     sys.stderr = proxy
     try:
-        yield where
+        yield
     finally:
         # Blocks of several sessions may overlap and close in any order.
         _active.remove(proxy)

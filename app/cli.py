@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import asyncpg
@@ -40,9 +40,6 @@ from app.vault.restore import restore_profile
 from app.vault.retention import prune
 from app.vault.save import save_snapshot
 from app.vault.sources import import_source, open_source
-
-if TYPE_CHECKING:
-    from app.early_driver import EarlyDriver
 
 # A handler returns the JSON object to print, or an exit code (the daemon).
 Handler = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any] | int]]
@@ -563,9 +560,8 @@ def _error(text: str) -> None:
     sys.stderr.write(f"sessionkeeper: error: {redact(text)}\n")
 
 
-def main(argv: Sequence[str] | None = None, early: EarlyDriver | None = None) -> NoReturn:
-    """Run one command and exit with its status. `early`: the loop `run` was started in, with
-    Playwright's driver already on its way (app/entry.py); the command runs in that loop."""
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run one command and exit with its status."""
     limit_malloc_arenas()
     # Everything this process writes (profile, staging, caches, markers, exports) is the
     # owner's alone: a profile is a logged-in device.
@@ -590,8 +586,7 @@ def main(argv: Sequence[str] | None = None, early: EarlyDriver | None = None) ->
         log_format = "json" if daemon and args.json else settings.resolved_log_format()
         configure_logging(settings.log_level, log_format,
                           stream=sys.stdout if daemon else sys.stderr)
-        out = early.run(args.handler(args, settings)) if early is not None else \
-            anyio.run(args.handler, args, settings)
+        out = anyio.run(args.handler, args, settings)
     except BaseException as raw:
         exc = sole_error(raw)
         if isinstance(exc, SystemExit):
