@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.drivers.chromium import CONNECTING_QUICKLY_S, OBSERVE_EVERY, OBSERVE_FIRST, observe_delay
 from app.events import EventLog
 from app.login_state import LoginState, Observation
 from app.login_watch import LoginWatch
@@ -208,3 +209,13 @@ async def test_a_ready_session_stays_ready_while_a_new_page_loads(
     await watch.observe(wa("OPENING"))  # still loading after the grace: it says so
     assert watch.state is LoginState.CONNECTING
     assert [f["state"] for f in lines.events("state_changed")] == ["ready", "connecting"]
+
+
+def test_a_fresh_page_that_connects_is_read_quickly() -> None:
+    """A restored session's page says `connecting` for a moment before `ready`: read it every
+    tenth of a second then (the `ready` line follows the page's own), not forever after."""
+    assert observe_delay(LoginState.STARTING, 0.0) == OBSERVE_FIRST
+    assert observe_delay(LoginState.CONNECTING, 1.0) == OBSERVE_FIRST
+    assert observe_delay(LoginState.CONNECTING, CONNECTING_QUICKLY_S + 1) == OBSERVE_EVERY
+    assert observe_delay(LoginState.READY, 1.0) == OBSERVE_EVERY
+    assert observe_delay(LoginState.QR_REQUIRED, 1.0) == OBSERVE_EVERY

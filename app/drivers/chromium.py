@@ -9,12 +9,15 @@ import anyio
 
 from app.browser import Browser, BrowserCrashed, DevTools, TargetUnreachable, playwright_error
 from app.drivers.base import SessionHost
-from app.login_state import KNOWN
+from app.login_state import KNOWN, LoginState
 from app.snapshot.local_storage import LoginKey
 from app.targets import Target
 
 OBSERVE_EVERY = 0.5
 OBSERVE_FIRST = 0.1
+# A page that has just loaded and says `connecting` is about to say more (ready, a QR code):
+# read quickly that long, so `ready` follows the page's own within a tenth of a second.
+CONNECTING_QUICKLY_S = 15.0
 # A browser that ran this long before it crashed had a new incident: back off from 1 s again.
 STABLE_S = 300.0
 # A reading of the page that takes longer than this means the renderer hangs.
@@ -92,12 +95,15 @@ class ChromiumDriver:
 
     async def watch(self, host: SessionHost) -> None:
         """Poll the page for its login state until the browser goes away (quickly until the
-        state is known, so a restored session reports ready without delay)."""
+        state is known and while a fresh page connects, so a restored session reports ready
+        without delay)."""
+        loaded = time.monotonic()
         while True:
             moved = await self.browser.follow_pages()
             if moved is not None:
                 host.log.info(moved, url=self.browser.page.url if self.browser.page else None)
                 host.page_changed()
+                loaded = time.monotonic()
             # A renderer that hangs answers nothing: that is a crash, not a wait.
             try:
                 with anyio.fail_after(OBSERVE_TIMEOUT_S):
@@ -107,7 +113,7 @@ class ChromiumDriver:
                                      "(a hung renderer)") from None
             # Unrecognised readings count too: a screen nothing knows becomes `unknown`.
             await host.on_observation(seen)
-            await anyio.sleep(OBSERVE_EVERY if host.state in KNOWN else OBSERVE_FIRST)
+            await anyio.sleep(observe_delay(host.state, time.monotonic() - loaded))
 
     async def act(self, action: str, arg: str | None = None) -> str | None:
         """Do something in our own page (never a client's)."""
@@ -135,3 +141,13 @@ class ChromiumDriver:
     async def close(self) -> None:
         """Close Chromium and Playwright's driver."""
         await self.browser.stop()
+
+
+def observe_delay(state: LoginState, since_load: float) -> float:
+    """Seconds until the next reading of the page: quickly while nothing is known, and while
+    a page loaded less than CONNECTING_QUICKLY_S ago connects; then every OBSERVE_EVERY."""
+    if state not in KNOWN:
+        return OBSERVE_FIRST
+    if state is LoginState.CONNECTING and since_load < CONNECTING_QUICKLY_S:
+        return OBSERVE_FIRST
+    return OBSERVE_EVERY
