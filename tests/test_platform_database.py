@@ -66,6 +66,11 @@ def test_laptop_keeps_the_embedded_database(bare_env: dict[str, str], tmp_path: 
     pytest.importorskip("pgserver", reason="the embedded extra is not installed")
     proc = run(bare_env, "migrate", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "embedded_database" in proc.stderr
+    # pgserver's own steps (initdb's command line, pg_ctl's) are debug detail, not the log.
+    chatter = [line for line in proc.stderr.splitlines() if '"logger": "pgserver"' in line
+               and '"level": "info"' in line]
+    assert chatter == []
     proc = run(bare_env, "sessions", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"sessions": []' in proc.stdout
