@@ -182,6 +182,12 @@ def _library_line(
     return event_dict
 
 
+# Libraries whose info lines are their own steps, not news: pgserver logs initdb's and
+# pg_ctl's command lines (`embedded_database` already says what runs). Warning and up only,
+# everything at debug.
+QUIET_LIBRARIES = ("pgserver",)
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["json", "console"] = "json",
@@ -234,6 +240,9 @@ def configure_logging(
     setattr(handler, _OURS, True)
     root.addHandler(handler)
     root.setLevel(threshold)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            threshold if threshold <= logging.DEBUG else max(threshold, logging.WARNING))
     logging.captureWarnings(True)
     threading.excepthook = _thread_exception
 

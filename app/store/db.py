@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import warnings
 from collections.abc import AsyncIterator, Mapping
@@ -33,10 +32,6 @@ def describe_url(url: str) -> str:
 
 
 def _start_embedded(data_dir: Path) -> str:
-    # pgserver logs each step (initdb's and pg_ctl's command lines) at info: debug detail here,
-    # where `embedded_database` already says what runs.
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver  # noqa: PLC0415  (heavy import, only when embedded)
