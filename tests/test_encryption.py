@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -82,6 +83,17 @@ def _secret(value: str) -> object:
 async def store(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     async with open_pool(settings, migrate=False) as pool:
         yield pool
+
+
+@asynccontextmanager
+async def sealed_export(settings: Settings, profile: ProfileTree, options: VaultOptions,
+                        file: Path) -> AsyncIterator[tuple[str, asyncpg.Pool, dict[str, Any]]]:
+    """A store under a new key holding one snapshot of profile as session "s", exported to
+    file: (the key, the store's pool, what the export said)."""
+    key = generate_key()
+    async with store(keyed(settings, key)) as pool:
+        await save_snapshot(pool, "s", profile.root, options)
+        yield key, pool, await export_generation(pool, "s", file)
 
 
 @pytest.fixture
@@ -252,11 +264,8 @@ async def test_rotation_keeps_every_address(
 async def test_exports_are_sealed(
     settings: Settings, marked: ProfileTree, options: VaultOptions, tmp_path: Path,
 ) -> None:
-    key = generate_key()
     file = tmp_path / "out.skx"
-    async with store(keyed(settings, key)) as pool:
-        await save_snapshot(pool, "s", marked.root, options)
-        out = await export_generation(pool, "s", file)
+    async with sealed_export(settings, marked, options, file) as (_, pool, out):
         assert out["sealed"]
         assert not leaks(file.read_bytes())
         await import_generation(pool, "copy", file)
@@ -268,11 +277,9 @@ async def test_an_export_needs_its_key_to_import(
     settings: Settings, other_database: str, marked: ProfileTree, options: VaultOptions,
     tmp_path: Path,
 ) -> None:
-    key = generate_key()
     file = tmp_path / "out.skx"
-    async with store(keyed(settings, key)) as pool:
-        await save_snapshot(pool, "s", marked.root, options)
-        await export_generation(pool, "s", file)
+    async with sealed_export(settings, marked, options, file) as (key, _, _):
+        pass
     elsewhere = settings.model_copy(update={"database_url": _secret(other_database)})
     its_own = generate_key()
     async with open_pool(keyed(elsewhere, its_own)) as pool:
@@ -490,11 +497,8 @@ async def _snapshot(settings: Settings, profile: ProfileTree, options: VaultOpti
 async def test_damaged_sealed_exports_change_nothing(
     settings: Settings, marked: ProfileTree, options: VaultOptions, tmp_path: Path,
 ) -> None:
-    key = generate_key()
     file = tmp_path / "out.skx"
-    async with store(keyed(settings, key)) as pool:
-        await save_snapshot(pool, "s", marked.root, options)
-        await export_generation(pool, "s", file)
+    async with sealed_export(settings, marked, options, file) as (_, pool, _):
         members = _members(file)
         # A flipped byte in a sealed member: its tag fails; nothing committed.
         name = next(n for n in members if n.startswith("chunks/"))
