@@ -15,6 +15,7 @@ SESSIONKEEPER_SHUTDOWN_TIMEOUT, and the lease is released for the next owner.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -40,6 +41,7 @@ from app.login_state import LoginState, Observation
 from app.login_watch import LoginWatch
 from app.metrics import Metrics
 from app.settings import Settings
+from app.snapshot_schedule import next_wait
 from app.status import SessionFacts, SnapshotFacts
 from app.store import leases, repo
 from app.store.db import bounded, open_pool
@@ -90,6 +92,8 @@ class SessionRunner:
         self.last_snapshot: SnapshotFacts | None = None
         self.generations_kept: int | None = None
         self._snapshot_lock = anyio.Lock()
+        # Draws the periodic snapshots' jitter; seeded from the OS, so replicas differ.
+        self._schedule_rng = random.Random()  # noqa: S311 (timing, not a secret)
         self.lease_token: int | None = None
         # Monotonic time by which the driver stops unless a renewal gets through.
         self.lease_deadline = 0.0
@@ -475,8 +479,10 @@ class SessionRunner:
     async def snapshot_loop(self) -> None:
         """Every SESSIONKEEPER_SNAPSHOT_INTERVAL seconds, a live snapshot (retried while the
         database is away; the profile keeps everything until then). A kept local profile,
-        newer than the database, is snapshotted as soon as its login state is known."""
+        newer than the database, is snapshotted as soon as its login state is known. The waits
+        are jittered (SESSIONKEEPER_SNAPSHOT_JITTER, app/snapshot_schedule.py)."""
         soon = self.local_kept
+        first = True
         while True:
             if soon:
                 with anyio.move_on_after(self.settings.snapshot_interval):
@@ -484,7 +490,11 @@ class SessionRunner:
                         await anyio.sleep(0.5)
                 soon = False
             else:
-                await anyio.sleep(self.settings.snapshot_interval)
+                wait = next_wait(self.settings.snapshot_interval, self.settings.snapshot_jitter,
+                                 first=first, rng=self._schedule_rng)
+                first = False
+                self.log.debug("snapshot_scheduled", in_s=round(wait, 1))
+                await anyio.sleep(wait)
             try:
                 async for attempt in retrying(self.log, "snapshot_failed"):
                     with attempt:

@@ -57,6 +57,7 @@ ACCEPTS: dict[str, str] = {
     "qr_attribute": "an attribute name",
     "chromium_path": "the path of a Chromium executable",
     "snapshot_interval": "a number of seconds >= 30",
+    "snapshot_jitter": "a fraction from 0.0 to 0.5",
     "shutdown_timeout": "a number of seconds > 0",
     "demo_port": "an integer from 1 to 65535",
     "lease_ttl": "a number of seconds from 2 to 3600",
@@ -199,6 +200,13 @@ class Settings(BaseSettings):
     )
     snapshot_interval: float = Field(
         default=300.0, ge=30, description="Seconds between periodic snapshots.",
+    )
+    snapshot_jitter: float = Field(
+        default=0.1, ge=0, le=0.5,
+        description="Spread of the periodic snapshots, as a fraction of the interval: the "
+        "first wait after a start is drawn from half an interval to a whole one, each later "
+        "one within this fraction of the interval either side, so sessions started together "
+        "do not snapshot together. 0: exactly every interval.",
     )
     shutdown_timeout: float = Field(
         default=25.0, gt=0,

@@ -43,6 +43,9 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     ("SESSIONKEEPER_LOG_LEVEL", "verbose", "'debug', 'info'"),
     ("PORT", "0", "1 to 65535"),
     ("SESSIONKEEPER_CAPTURE_ATTEMPTS", "100", "1 to 20"),
+    ("SESSIONKEEPER_SNAPSHOT_JITTER", "0.6", "fraction from 0.0 to 0.5"),
+    ("SESSIONKEEPER_SNAPSHOT_JITTER", "-0.1", "fraction from 0.0 to 0.5"),
+    ("SESSIONKEEPER_SNAPSHOT_JITTER", "ten percent", "fraction from 0.0 to 0.5"),
 ])
 def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: str,
                                           value: str, accepts: str) -> None:
@@ -51,6 +54,17 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: 
         load_settings()
     assert var in str(err.value) and accepts in str(err.value)
     assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("value,expected", [(None, 0.1), ("0", 0.0), ("0.5", 0.5),
+                                            (" 0.25 ", 0.25)])
+def test_snapshot_jitter_is_read(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                 expected: float) -> None:
+    if value is None:
+        monkeypatch.delenv("SESSIONKEEPER_SNAPSHOT_JITTER", raising=False)
+    else:
+        monkeypatch.setenv("SESSIONKEEPER_SNAPSHOT_JITTER", value)
+    assert load_settings().snapshot_jitter == expected
 
 
 def test_readme_documents_every_setting() -> None:
