@@ -29,6 +29,7 @@ from app.memory import limit_malloc_arenas
 from app.progress import BarProgress, NullProgress, ProgressSink, wants_bar
 from app.session_ids import check_session_id
 from app.settings import Settings, load_settings
+from app.snapshot.codec import load_chunker
 from app.store import leases, repo
 from app.store.db import open_pool
 from app.store.repo import Conn
@@ -179,14 +180,17 @@ async def cmd_snapshot(args: argparse.Namespace, settings: Settings) -> dict[str
     profile = args.profile or settings.profile_dir
     if not profile.is_dir():
         raise UserError(f"profile directory {profile} does not exist")
-    async with open_pool(settings) as pool:
-        # Checked before the capture (nothing is uploaded in vain); the database checks again
-        # at the commit, in case a process took the lease meanwhile.
-        await _check_lease(pool, args)
-        with _progress(args) as progress:
-            result = await save_snapshot(pool, args.session, profile,
-                                         VaultOptions.from_settings(settings),
-                                         kind="manual", progress=progress, force=args.force)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, load_chunker)  # while the pool connects
+        async with open_pool(settings) as pool:
+            # Checked before the capture (nothing is uploaded in vain); the database checks
+            # again at the commit, in case a process took the lease meanwhile.
+            await _check_lease(pool, args)
+            with _progress(args) as progress:
+                result = await save_snapshot(pool, args.session, profile,
+                                             VaultOptions.from_settings(settings),
+                                             kind="manual", progress=progress,
+                                             force=args.force)
     return result.as_json()
 
 

@@ -103,9 +103,10 @@ async def test_unchanged_files_are_not_reread(
     read: list[str] = []
     original = save_mod._Uploader.add_file
 
-    async def spy(self: save_mod._Uploader, path: Path) -> tuple[tuple[bytes, ...], int]:
+    async def spy(self: save_mod._Uploader, path: Path,
+                  rel: str) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
         read.append(path.name)
-        return await original(self, path)
+        return await original(self, path, rel)
 
     monkeypatch.setattr(save_mod._Uploader, "add_file", spy)
     blob = profile.add_blob("fresh", 3000)

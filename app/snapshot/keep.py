@@ -108,8 +108,12 @@ def is_immutable(rel: str) -> bool:
 
     These are hard-linked into staging; everything else is copied.
     """
-    if rel.endswith((".ldb", ".sst")):
-        return True
+    return rel.endswith((".ldb", ".sst")) or is_stored_blob(rel)
+
+
+def is_stored_blob(rel: str) -> bool:
+    """A file IndexedDB stored for a Blob (its `.blob` folder): written once, and holding one
+    value (a photo, a voice note), never a rearrangement of other files' bytes."""
     return any(part.endswith(".blob") for part in rel.split("/")[:-1])
 
 

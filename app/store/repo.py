@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -224,13 +224,38 @@ async def existing_digests(
     return {bytes(r["digest"]) for r in rows}
 
 
+_CHUNK_COLUMNS = ("session_id", "digest", "size", "stored_size", "codec", "data")
+
+
 async def insert_chunks(
     conn: Conn, session_id: str, chunks: Sequence[tuple[bytes, int, str, bytes]]
 ) -> set[bytes]:
-    """Store (digest, raw size, codec, data) rows in one statement; a chunk already stored is
-    left alone. Returns the digests this call actually stored."""
+    """Store (digest, raw size, codec, data) rows; a chunk already stored is left alone.
+    Returns the digests this call actually stored.
+
+    The rows the table lacks go in by binary COPY, about twice as fast as an INSERT over
+    arrays (which PostgreSQL has to take apart first). COPY knows no ON CONFLICT: if another
+    writer stores one of them meanwhile, the batch is inserted again the slow way."""
     if not chunks:
         return set()
+    present = await existing_digests(conn, session_id, [c[0] for c in chunks])
+    fresh = [c for c in chunks if c[0] not in present]
+    if not fresh:
+        return set()
+    try:
+        async with conn.transaction():  # a savepoint inside a caller's transaction
+            await conn.copy_records_to_table(
+                "chunks", columns=_CHUNK_COLUMNS,
+                records=[(session_id, d, size, len(data), codec, data)
+                         for d, size, codec, data in fresh])
+    except asyncpg.UniqueViolationError:
+        return await _insert_new_chunks(conn, session_id, fresh)
+    return {c[0] for c in fresh}
+
+
+async def _insert_new_chunks(
+    conn: Conn, session_id: str, chunks: Sequence[tuple[bytes, int, str, bytes]]
+) -> set[bytes]:
     rows = await conn.fetch(
         """INSERT INTO chunks (session_id, digest, size, stored_size, codec, data)
            SELECT $1, d, s, ss, c, x
@@ -274,6 +299,35 @@ async def fetch_chunks(
         bytes(r["digest"]): StoredChunk(bytes(r["digest"]), r["size"], r["codec"], r["data"])
         for r in rows
     }
+
+
+def _hex_literal(data: bytes) -> str:
+    """A bytea expression for `data` with no quote or backslash in it (COPY takes no
+    parameters, and its text must not depend on standard_conforming_strings)."""
+    return f"decode('{data.hex()}', 'hex')"
+
+
+async def copy_chunks(
+    conn: Conn, session_id: str, digests: Sequence[bytes],
+    sink: Callable[[bytes], Coroutine[Any, Any, None]],
+) -> None:
+    """Stream the stored rows of the given distinct chunks to `sink` as a binary COPY of
+    (position in `digests`, codec, data); rows come in any order and missing chunks are
+    simply absent (app/store/copy_binary.py reads it)."""
+    if not digests:
+        return
+    packed = b"".join(digests)
+    if len(packed) != 32 * len(digests):
+        raise ValueError("chunk digests are 32 bytes")
+    session = f"convert_from({_hex_literal(session_id.encode())}, 'UTF8')"
+    query = (
+        "SELECT w.n, c.codec, c.data"
+        f" FROM (SELECT n, substring(x.b FROM n * 32 + 1 FOR 32) AS d"
+        f"       FROM (SELECT {_hex_literal(packed)} AS b) x,"
+        f"            generate_series(0, {len(digests) - 1}) n) w"
+        f" JOIN chunks c ON c.session_id = {session} AND c.digest = w.d"
+    )
+    await conn.copy_from_query(query, output=sink, format="binary")
 
 
 async def count_present(

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from app.settings import Settings
 from app.snapshot.keep import KeepRules
 
-BATCH_CHUNKS = 256  # chunks per database round trip: about 2 MiB raw (16 MiB at most)
+BATCH_CHUNKS = 256  # chunks per database round trip: about 2 MiB raw
+BATCH_BYTES = 2 * 1024 * 1024  # and at most about this much (stored blobs come in 64 KiB)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import iter_chunks
+from app.snapshot.codec import iter_chunks, iter_fixed_chunks
+from app.snapshot.keep import is_stored_blob
 from app.snapshot.manifest import FileEntry, Manifest
 from app.snapshot.sealing import SessionCodec
 from app.snapshot.staging import (
@@ -36,7 +37,7 @@ from app.tasks import task_group
 from app.vault import keyring
 from app.vault.commit import commit_manifest
 from app.vault.manifests import load_manifest
-from app.vault.options import BATCH_CHUNKS, VaultOptions
+from app.vault.options import BATCH_BYTES, BATCH_CHUNKS, VaultOptions
 from app.vault.retention import prune
 from app.vault.statcache import StatCache
 
@@ -77,8 +78,15 @@ QR_OVER_LOGIN = "qr capture; a logged-in generation is kept"
 
 def _read_hash(chunks: Iterator[bytes], count: int,
                address: Callable[[bytes], bytes]) -> list[tuple[bytes, bytes]]:
-    """The next `count` chunks of a file with their addresses (runs in a worker thread)."""
-    return [(address(raw), raw) for raw in itertools.islice(chunks, count)]
+    """The next chunks of a file with their addresses, at most `count` of them and about
+    BATCH_BYTES (runs in a worker thread)."""
+    batch, size = [], 0
+    for raw in itertools.islice(chunks, count):
+        batch.append((address(raw), raw))
+        size += len(raw)
+        if size >= BATCH_BYTES:
+            break
+    return batch
 
 
 Batch = list[tuple[bytes, bytes]]
@@ -104,6 +112,7 @@ class _Uploader:
         self.progress = progress
         self.pending: Batch = []
         self.pending_set: set[bytes] = set()
+        self.pending_bytes = 0
         self.chunks_new = 0
         self.bytes_uploaded = 0
         self._send, self._receive = anyio.create_memory_object_stream[Batch](2)
@@ -114,12 +123,14 @@ class _Uploader:
             async for batch in self._receive:
                 await self._store(batch)
 
-    async def add_file(self, path: Path) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
-        """Chunk one staged file; returns its chunks' digests and sizes."""
+    async def add_file(self, path: Path, rel: str) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+        """Chunk one staged file (`rel`: its path in the profile); returns its chunks'
+        digests and sizes. A stored blob is cut into fixed pieces, everything else by
+        content."""
         digests: list[bytes] = []
         sizes: list[int] = []
         fh = await anyio.to_thread.run_sync(path.open, "rb")
-        chunks = iter_chunks(fh)
+        chunks = iter_fixed_chunks(fh) if is_stored_blob(rel) else iter_chunks(fh)
         try:
             while batch := await anyio.to_thread.run_sync(_read_hash, chunks, BATCH_CHUNKS,
                                                           self.codec.address):
@@ -129,9 +140,10 @@ class _Uploader:
                     if d not in self.known and d not in self.pending_set:
                         self.pending.append((d, raw))
                         self.pending_set.add(d)
+                        self.pending_bytes += len(raw)
                     else:
                         self.progress.advance(len(raw))
-                if len(self.pending) >= BATCH_CHUNKS:
+                if len(self.pending) >= BATCH_CHUNKS or self.pending_bytes >= BATCH_BYTES:
                     await self._hand_over()
         finally:
             fh.close()
@@ -139,6 +151,7 @@ class _Uploader:
 
     async def _hand_over(self) -> None:
         batch, self.pending, self.pending_set = self.pending, [], set()
+        self.pending_bytes = 0
         if batch:
             self.known.update(d for d, _ in batch)
             await self._send.send(batch)
@@ -324,7 +337,7 @@ async def _save_tree(
             async with task_group() as tg:
                 tg.start_soon(uploader.store_batches)
                 for f in pending:
-                    digests, sizes = await uploader.add_file(tree.root / f.path)
+                    digests, sizes = await uploader.add_file(tree.root / f.path, f.path)
                     entries[f.path] = FileEntry(f.path, f.mode, sum(sizes), f.live.mtime_ns,
                                                 digests, sizes)
                 await uploader.finish()
