@@ -8,6 +8,7 @@ libraries write; these helpers make the modes explicit where we create files our
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -19,12 +20,13 @@ def private_dir(path: Path) -> None:
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
 
-def write_private_text(path: Path, text: str) -> None:
-    """Write a new file (or replace a stale one) that only the owner can read."""
+def write_private_text(path: Path, text: str | Iterable[str]) -> None:
+    """Write a new file (or replace a stale one) that only the owner can read; `text` may
+    come in pieces (a big document written as it is made)."""
     path.unlink(missing_ok=True)  # a leftover keeps its old mode through O_TRUNC
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
     with os.fdopen(fd, "w") as out:
-        out.write(text)
+        out.writelines([text] if isinstance(text, str) else text)
 
 
 def owner_only(mode: int, *, directory: bool) -> int:

@@ -189,3 +189,24 @@ def test_fixed_pieces_and_batches_are_bounded() -> None:
     big = iter_fixed_chunks(io.BytesIO(os.urandom(10 * BATCH_BYTES)))
     batch = save_mod._read_hash(big, 256, lambda raw: raw[:32])
     assert BATCH_BYTES <= sum(len(raw) for _, raw in batch) < BATCH_BYTES + MAX_CHUNK
+
+
+async def test_a_restore_in_many_slices_is_the_same_profile(
+        pool: asyncpg.Pool, profile: ProfileTree, options: VaultOptions, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunks come in several COPYs (each names at most COPY_SLICE of them), each
+    stream with its own header and trailer, and their positions counted from the slice."""
+    await save_snapshot(pool, "s", profile.root, options)
+    await restore_profile(pool, "s", tmp_path / "whole")
+    monkeypatch.setattr(restore_mod, "COPY_SLICE", 7)
+    calls: list[int] = []
+    real_copy = repo.copy_chunks
+
+    async def counted(*args: object) -> None:
+        calls.append(1)
+        await real_copy(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repo, "copy_chunks", counted)
+    await restore_profile(pool, "s", tmp_path / "sliced")
+    assert len(calls) > 3
+    assert tree_files(tmp_path / "sliced") == tree_files(tmp_path / "whole")

@@ -20,6 +20,7 @@ import time
 import uuid
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ _RENAME_EXCHANGE = 2
 # taken with some SESSIONKEEPER_INCLUDE, never what every rule drops (lock files, caches, crash
 # reports, LevelDB LOG/LOCK, our own work folder).
 RESTORABLE = KeepRules(base=("**",))
+COPY_SLICE = 8192  # chunk references per COPY
 _AT_FDCWD = -100
 
 
@@ -172,12 +174,17 @@ class _ChunkStream:
         self.writer = writer
         self.decoder = decoder
         self.rows = CopyRows(fields=3)
+        self.start = 0  # the first reference of the slice the current COPY serves
         self.received = bytearray(len(places.digests))
         self.codecs: dict[bytes, str] = {}
 
-    def consume(self, blocks: list[bytes]) -> int:
-        """Decode and write the rows these blocks complete; the raw bytes written."""
+    def consume(self, start: int, blocks: list[bytes]) -> int:
+        """Decode and write the rows these blocks of the COPY of the slice beginning at
+        reference `start` complete; the raw bytes written."""
         try:
+            if start != self.start:  # the previous COPY is over
+                self.rows.finish()
+                self.rows, self.start = CopyRows(fields=3), start
             return sum(self._rows(block) for block in blocks)
         except CopyFormatError as exc:
             raise CorruptSnapshot(f"chunk stream unreadable: {exc}") from None
@@ -185,9 +192,10 @@ class _ChunkStream:
     def _rows(self, block: bytes) -> int:
         places, received, done = self.places, self.received, 0
         decode, write, codecs = self.decoder.decode, self.writer.write, self.codecs
+        end = min(len(received), self.start + COPY_SLICE)
         for position, codec_name, data in self.rows.feed(block):
-            n = int.from_bytes(position, "big", signed=True)
-            if not 0 <= n < len(received) or received[n]:
+            n = self.start + int.from_bytes(position, "big", signed=True)
+            if not self.start <= n < end or received[n]:
                 raise CorruptSnapshot(f"chunk stream: unexpected row {n}")
             received[n] = 1
             codec = codecs.get(bytes(codec_name))
@@ -211,27 +219,35 @@ class _ChunkStream:
 
 
 class _Handoff:
-    """Collects COPY blocks into batches of about HANDOFF_BYTES for the worker thread: one
-    thread hand-off per block (tens of kilobytes) would cost more than the decoding."""
+    """Collects the blocks of the COPYs into batches of about HANDOFF_BYTES for the worker
+    thread (one hand-off per block, tens of kilobytes, would cost more than the decoding);
+    each batch says which slice of the references its COPY serves."""
 
     HANDOFF_BYTES = 1024 * 1024
 
-    def __init__(self, send: MemoryObjectSendStream[list[bytes]]) -> None:
+    def __init__(self, send: MemoryObjectSendStream[tuple[int, list[bytes]]]) -> None:
         self.send = send
+        self.start = 0
         self.blocks: list[bytes] = []
         self.size = 0
 
-    async def __call__(self, block: bytes) -> None:
-        self.blocks.append(block)
-        self.size += len(block)
-        if self.size >= self.HANDOFF_BYTES:
-            await self.flush()
+    def at(self, start: int) -> Callable[[bytes], Coroutine[Any, Any, None]]:
+        """The sink of the COPY of the slice beginning at reference `start`."""
+        async def sink(block: bytes) -> None:
+            if start != self.start:
+                await self.flush()
+                self.start = start
+            self.blocks.append(block)
+            self.size += len(block)
+            if self.size >= self.HANDOFF_BYTES:
+                await self.flush()
+        return sink
 
     async def flush(self) -> None:
         """Hand over what is collected."""
         if self.blocks:
             blocks, self.blocks, self.size = self.blocks, [], 0
-            await self.send.send(blocks)
+            await self.send.send((self.start, blocks))
 
 
 async def materialize(
@@ -268,19 +284,24 @@ async def materialize(
     progress.start("restore", sum(f.size for f in files))
     # One COPY brings every chunk (this task); a worker thread decodes, checks and writes
     # them meanwhile. At most two batches wait in between, so memory stays bounded.
-    send, receive = anyio.create_memory_object_stream[list[bytes]](2)
+    send, receive = anyio.create_memory_object_stream[tuple[int, list[bytes]]](2)
 
     async def decode_and_write() -> None:
         async with receive:
-            async for blocks in receive:
-                progress.advance(await anyio.to_thread.run_sync(stream.consume, blocks))
+            async for start, blocks in receive:
+                progress.advance(await anyio.to_thread.run_sync(stream.consume, start, blocks))
 
     try:
         async with task_group() as tg:
             tg.start_soon(decode_and_write)
             async with send:
                 handoff = _Handoff(send)
-                await repo.copy_chunks(conn, session_id, places.digests, handoff)
+                # In slices: the query names its chunks (64 hex digits each), so one COPY for
+                # a 500 MB profile would hold megabytes of query text.
+                for start in range(0, len(places.digests), COPY_SLICE):
+                    await repo.copy_chunks(conn, session_id,
+                                           places.digests[start : start + COPY_SLICE],
+                                           handoff.at(start))
                 await handoff.flush()
         stream.check()
         await anyio.to_thread.run_sync(writer.finish)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,18 +91,20 @@ class StatCache:
 
     def save(self, path: Path) -> None:
         """Write atomically (a crash leaves the old cache or the new one)."""
-        doc = {
-            "format": _FORMAT,
-            "session_id": self.session_id,
-            "generation": self.generation,
-            "content_digest": self.content_digest,
-            "addressing": self.addressing,
-            "entries": {
-                rel: [size, mtime, ino, dev, pack_refs(*chunks).hex()]
-                for rel, (size, mtime, ino, dev, chunks) in self.entries.items()
-            },
-        }
         private_dir(path.parent)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        write_private_text(tmp, json.dumps(doc, separators=(",", ":")))
+        write_private_text(tmp, self._json())
         tmp.replace(path)
+
+    def _json(self) -> Iterator[str]:
+        """The document, one entry at a time: the chunk lists of a 500 MB profile make
+        megabytes of hex, which need not all be in memory at once."""
+        head = {"format": _FORMAT, "session_id": self.session_id,
+                "generation": self.generation, "content_digest": self.content_digest,
+                "addressing": self.addressing}
+        yield json.dumps(head, separators=(",", ":"))[:-1] + ',"entries":{'
+        for i, (rel, (size, mtime, ino, dev, chunks)) in enumerate(self.entries.items()):
+            entry = [size, mtime, ino, dev, pack_refs(*chunks).hex()]
+            yield ("," if i else "") + json.dumps(rel) + ":" + json.dumps(entry,
+                                                                          separators=(",", ":"))
+        yield "}}"
