@@ -381,6 +381,34 @@ async def test_offline_start_keeps_the_session(tmp_path: Path, chromium: Path) -
         assert await page.evaluate("window.__qrSeen") is False
 
 
+async def test_one_scan_links_one_page_of_those_that_showed_the_code() -> None:
+    """Several sessions of one process open the demo site at once and show the same code: the
+    phone's one approval goes to the first page that polls, and the others keep waiting (they
+    would otherwise share a device and take its session from each other for ever)."""
+    site = DemoSite()
+    async with serving(site) as url, aiohttp.ClientSession(url) as http:
+        shown = site.current_payload
+        assert site.link(shown)
+
+        async def poll(instance: str | None) -> dict[str, object]:
+            params = {"payload": shown} | ({"instance": instance} if instance else {})
+            async with http.get("/api/poll", params=params) as r:
+                answer: dict[str, object] = await r.json()
+                return answer
+
+        first = await poll("page-a")
+        assert first["linked"] is True
+        assert await poll("page-b") == {"linked": False}
+        assert await poll("page-a") == first  # the page that took it still sees it
+        assert (await poll(None))["device_id"] == first["device_id"]  # a look takes nothing
+        # The next scan is the other page's.
+        second = site.current_payload
+        assert site.link(second)
+        async with http.get("/api/poll", params={"payload": second, "instance": "page-b"}) as r:
+            other = await r.json()
+        assert other["linked"] is True and other["device_id"] != first["device_id"]
+
+
 async def test_api_rejects_stale_payload_and_forged_token() -> None:
     site = DemoSite(message_rate=12.5)
     async with serving(site) as url, aiohttp.ClientSession(url) as http:

@@ -143,6 +143,9 @@ class DemoSite:
         self._payload = _new_payload()
         self._payload_at = time.monotonic()
         self._approved: dict[str, _Approval] = {}
+        # Approved payload -> the page load (instance id) that took it: one scan links one
+        # page, even where several pages (sessions of one process) showed the same code.
+        self._claims: dict[str, str] = {}
         self._pairings: OrderedDict[str, _Pairing] = OrderedDict()
         # Per device, the page load (instance id) that holds the session; others get CONFLICT.
         self._active: dict[str, str] = {}
@@ -217,6 +220,7 @@ class DemoSite:
         stale = [p for p, a in self._approved.items() if now - a.at > _APPROVAL_TTL]
         for p in stale:
             del self._approved[p]
+            self._claims.pop(p, None)
 
     @property
     def current_payload(self) -> str:
@@ -238,7 +242,8 @@ class DemoSite:
         """Approve the current payload (the phone scan); False if `payload` is not current.
 
         A payload is single-use: approving it rotates to a fresh one at once, as a real QR
-        login does. Pages poll the payload they displayed, so they still see the approval.
+        login does. Pages poll the payload they displayed, so they still see the approval; the
+        first page to poll it takes it (one scan links one page, however many showed the code).
         """
         current = self.current_payload
         if payload is not None and payload != current:
@@ -532,7 +537,14 @@ class DemoSite:
         return self._json({"linked": True, "payload": payload or current})
 
     async def _poll(self, request: web.Request) -> web.Response:
-        approval = self._approved.get(request.query.get("payload", ""))
+        payload = request.query.get("payload", "")
+        approval = self._approved.get(payload)
+        instance = request.query.get("instance", "")[:_MAX_ID_LEN]
+        # The first page that asks takes the approval; another page that showed the same code
+        # keeps waiting for a scan of its own. (A poll naming no page only looks.)
+        if instance and approval is not None and \
+                self._claims.setdefault(payload, instance) != instance:
+            approval = None
         if approval is None:
             return self._json({"linked": False})
         return self._json({"linked": True, "token": approval.token,

@@ -549,7 +549,8 @@ async function showQr(expired = null) {
     // approved while current, so an approval is never missed when the code rotates meanwhile.
     if (qrShown !== null) {
       try {
-        const answer = await getJson(`/api/poll?payload=${encodeURIComponent(qrShown)}`);
+        const answer = await getJson(`/api/poll?payload=${encodeURIComponent(qrShown)}` +
+                                     `&instance=${encodeURIComponent(INSTANCE)}`);
         if (my !== epoch) return;
         if (answer.linked) {
           await onLinked(answer);
