@@ -29,6 +29,7 @@ import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 
 from scripts.fleet_report import FleetPlan, markdown, projection, replace_block  # noqa: E402
+from scripts.fleet_vault import VaultPlan  # noqa: E402
 
 POSTGRES_SETTINGS = ("server_version", "shared_buffers", "max_wal_size", "checkpoint_timeout",
                      "autovacuum", "synchronous_commit", "max_connections")
@@ -51,17 +52,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="seconds between the last login and the window")
     demo.add_argument("--every", type=float, default=15.0, help="seconds between samples")
     vault = parser.add_argument_group("vault")
-    vault.add_argument("--vault-sessions", type=int, default=1000)
-    vault.add_argument("--processes", type=int, default=8, help="writers at once")
-    vault.add_argument("--hours", type=float, default=24.0, help="simulated hours")
-    vault.add_argument("--snapshot-minutes", type=float, default=5.0,
+    sim = VaultPlan()
+    vault.add_argument("--vault-sessions", type=int, default=sim.sessions)
+    vault.add_argument("--processes", type=int, default=sim.processes, help="writers at once")
+    vault.add_argument("--hours", type=float, default=sim.hours, help="simulated hours")
+    vault.add_argument("--snapshot-minutes", type=float, default=sim.snapshot_minutes,
                        help="simulated minutes between snapshots")
-    vault.add_argument("--message-bytes", type=int, default=600,
+    vault.add_argument("--message-bytes", type=int, default=sim.message_bytes,
                        help="bytes of one message record (the demo page's: 300 characters "
                        "of text and 256 random bytes)")
-    vault.add_argument("--profile-mb", type=float, default=6.0, help="each profile's size")
-    vault.add_argument("--keep", type=int, default=5, help="SESSIONKEEPER_KEEP_GENERATIONS")
-    vault.add_argument("--lease-renewals", type=int, default=3,
+    vault.add_argument("--profile-mb", type=float, default=sim.profile_mb,
+                       help="each profile's size")
+    vault.add_argument("--keep", type=int, default=sim.keep,
+                       help="SESSIONKEEPER_KEEP_GENERATIONS")
+    vault.add_argument("--lease-renewals", type=int, default=sim.lease_renewals,
                        help="renewals of every session's lease, measured after the hours")
     vault.add_argument("--progress-every", type=float, default=30.0, help="seconds")
     plan = parser.add_argument_group("projection (assumptions)")

@@ -148,8 +148,8 @@ def demo_markdown(demo: dict[str, Any]) -> list[str]:
     db = demo["db"]
     lines += [
         "",
-        f"Processes: {demo['processes']['chromium']} Chromium, {demo['processes']['driver']} "
-        f"driver. The whole tree's resident pages counted once: "
+        f"Processes: {demo['processes']['chromium']} of Chromium, "
+        f"{demo['processes']['driver']} drivers. The whole tree's resident pages counted once: "
         f"{fmt(demo['tree_unique_mb'], 0, ' MB')} (peak PSS {demo['peak_tree_pss_mb']:.0f} MB). "
         f"Snapshot starts: of the first periodic snapshot of each session, at most "
         f"{first['max_within_bucket']} began within the same {first['bucket_s']:g} s; during "
@@ -157,7 +157,7 @@ def demo_markdown(demo: dict[str, Any]) -> list[str]:
         f"{window['max_within_bucket']} within {window['bucket_s']:g} s (an even spread: "
         f"{window['even_spread_per_bucket']:g}); median duration "
         f"{fmt(snaps['median_duration_ms'], 0, ' ms')}, {snaps['failed']} failed. PostgreSQL: "
-        f"{db['connections_per_session']:g} connections per session, "
+        f"connections per session {db['connections_per_session']:g}, "
         f"{fmt_bytes(db['wal_bytes_per_session_hour'])} of WAL per session-hour, "
         f"{db['commits_per_session_min']:g} transactions per session-minute (reads "
         f"included), server CPU {fmt(db['server_cpu_s_per_session_min'], 3)} s per "
@@ -225,6 +225,9 @@ def vault_markdown(vault: dict[str, Any]) -> list[str]:
                 f"{t['dead_rows']:,} dead, {t['autovacuums']} autovacuums) |")
     gc = vault["gc_pass"]
     lines += [
+        f"| disk at the end, per session: the profile / the database "
+        f"| {fmt_bytes(vault['profile_bytes_at_end'])} / "
+        f"{fmt_bytes(vault['sizes']['database_bytes'] / sessions)} |",
         f"| a garbage-collection pass over every session | {gc['seconds']:g} s "
         f"({gc['ms_per_session']:g} ms a session), {gc['chunks_deleted']} chunks deleted, "
         f"{gc['deferred']} deferred |",

@@ -78,7 +78,7 @@ class VaultPlan:
     message_bytes: int = 600
     profile_mb: float = 6.0
     keep: int = 5
-    lease_renewals: int = 3
+    lease_renewals: int = 10
 
     @property
     def ticks(self) -> int:
