@@ -83,7 +83,7 @@ def test_chunks_in_any_order_make_the_same_files(tmp_path: Path) -> None:
     writer = restore_mod._TreeWriter(tmp_path / "t", files)
     writer.MAX_OPEN = 3  # fewer than the files in flight: some are set aside and reopened
     for index, offset, data in pieces:
-        writer.write(index, offset, data)
+        writer.write(index, offset, [data[:1000], data[1000:]])
     writer.finish()
     for i, f in enumerate(files):
         path = tmp_path / "t" / f.path
@@ -96,7 +96,7 @@ def test_a_file_left_short_is_corrupt(tmp_path: Path) -> None:
     files = [FileEntry("a", 0o600, 10, 0, (), ())]
     (tmp_path / "t").mkdir()
     writer = restore_mod._TreeWriter(tmp_path / "t", files)
-    writer.write(0, 0, b"12345")
+    writer.write(0, 0, [b"12345"])
     with pytest.raises(CorruptSnapshot, match="5 bytes written"):
         writer.finish()
     writer.abort()
@@ -210,3 +210,19 @@ async def test_a_restore_in_many_slices_is_the_same_profile(
     await restore_profile(pool, "s", tmp_path / "sliced")
     assert len(calls) > 3
     assert tree_files(tmp_path / "sliced") == tree_files(tmp_path / "whole")
+
+
+def test_a_short_write_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pwritev may write less than asked (a signal, a full pipe of the kernel): the rest
+    follows."""
+    real = os.pwritev
+
+    def short(fd: int, parts: list[bytes], offset: int) -> int:
+        return real(fd, [parts[0][:3]], offset)
+
+    monkeypatch.setattr(restore_mod.os, "pwritev", short)
+    (tmp_path / "t").mkdir()
+    writer = restore_mod._TreeWriter(tmp_path / "t", [FileEntry("a", 0o600, 10, 0, (), ())])
+    writer.write(0, 0, [b"01234", b"56789"])
+    writer.finish()
+    assert (tmp_path / "t" / "a").read_bytes() == b"0123456789"

@@ -79,17 +79,17 @@ async def test_a_full_disk_during_restore_is_an_error_not_a_corrupt_generation(
     await restore_profile(pool, "s", target, generation=1)
     before = tree_files(target)
 
-    real_write = os.pwrite
+    real_write = os.pwritev
 
-    def full_disk(fd: int, data: bytes, offset: int) -> int:  # fault injection: ENOSPC
-        if len(data) > 0:
+    def full_disk(fd: int, parts: list[bytes], offset: int) -> int:  # fault injection: ENOSPC
+        if any(parts):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_write(fd, data, offset)
+        return real_write(fd, parts, offset)
 
-    monkeypatch.setattr(restore_mod.os, "pwrite", full_disk)
+    monkeypatch.setattr(restore_mod.os, "pwritev", full_disk)
     with pytest.raises(UserError, match="No space left on device"):
         await restore_profile(pool, "s", target)
-    monkeypatch.setattr(restore_mod.os, "pwrite", real_write)
+    monkeypatch.setattr(restore_mod.os, "pwritev", real_write)
     # Not a corrupt generation: nothing fell back to generation 1 over the profile, which
     # is as it was; no half-written tree is left beside it.
     assert tree_files(target) == before

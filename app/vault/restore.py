@@ -54,6 +54,7 @@ _RENAME_EXCHANGE = 2
 # reports, LevelDB LOG/LOCK, our own work folder).
 RESTORABLE = KeepRules(base=("**",))
 COPY_SLICE = 8192  # chunk references per COPY
+_RUN_CHUNKS = 256  # chunks per write at most (a system call takes 1,024 buffers)
 _AT_FDCWD = -100
 
 
@@ -109,13 +110,17 @@ class _TreeWriter:
         self.open[index] = fd
         return fd
 
-    def write(self, index: int, offset: int, data: bytes) -> None:
-        """Write one chunk of file `index` at `offset`; the file is closed with its last."""
+    def write(self, index: int, offset: int, parts: list[bytes]) -> None:
+        """Write chunks that follow each other in file `index` from `offset`, in one system
+        call; the file is closed with its last byte."""
         fd = self._fd(index)
-        view, done = memoryview(data), 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
-        self.left[index] -= len(view)
+        size = sum(map(len, parts))
+        done = os.pwritev(fd, parts, offset)
+        if done < size:  # a short write: the rest as one piece
+            rest = memoryview(b"".join(parts))
+            while done < size:
+                done += os.pwrite(fd, rest[done:], offset + done)
+        self.left[index] -= size
         if self.left[index] == 0:
             self._close(index)
 
@@ -191,8 +196,12 @@ class _ChunkStream:
 
     def _rows(self, block: bytes) -> int:
         places, received, done = self.places, self.received, 0
-        decode, write, codecs = self.decoder.decode, self.writer.write, self.codecs
+        decode, codecs = self.decoder.decode, self.codecs
         end = min(len(received), self.start + COPY_SLICE)
+        # Chunks that follow each other in a file (they mostly come in the manifest's order)
+        # are written together: a run of them, its file and where it starts.
+        run: list[bytes] = []
+        run_file = run_at = run_end = -1
         for position, codec_name, data in self.rows.feed(block):
             n = self.start + int.from_bytes(position, "big", signed=True)
             if not self.start <= n < end or received[n]:
@@ -202,8 +211,16 @@ class _ChunkStream:
             if codec is None:
                 codec = codecs[bytes(codec_name)] = str(codec_name, "utf-8")
             raw = decode(codec, data, places.sizes[n], places.digests[n])
-            write(places.file[n], places.offset[n], raw)
+            file, offset = places.file[n], places.offset[n]
+            if file != run_file or offset != run_end or len(run) >= _RUN_CHUNKS:
+                if run:
+                    self.writer.write(run_file, run_at, run)
+                run, run_file, run_at, run_end = [], file, offset, offset
+            run.append(raw)
+            run_end += len(raw)
             done += len(raw)
+        if run:
+            self.writer.write(run_file, run_at, run)
         return done
 
     def check(self) -> None:
