@@ -55,6 +55,7 @@ import zstandard  # noqa: E402
 from fastcdc import fastcdc  # noqa: E402
 
 from app.demo.server import DemoSite  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from scripts.bench_vault import with_db  # noqa: E402
 from scripts.gen_profile import generate, meta_path  # noqa: E402
 from tests.support.daemon import Daemon, free_port  # noqa: E402
@@ -63,6 +64,8 @@ MB = 1_000_000
 SESSION = "bench"
 SYSTEMS = ("sessionkeeper", "zip-bytea", "zip9-base64")
 BASELINE = "zip-bytea"
+# Where sessionkeeper's tables live (SESSIONKEEPER_DB_SCHEMA, left at its default here).
+SCHEMA = Settings.model_fields["db_schema"].default
 # The baseline backs up every 5 minutes (backupSyncIntervalMs: 300000, as in the write-up);
 # sessionkeeper's default SESSIONKEEPER_SNAPSHOT_INTERVAL is 300 s too.
 BACKUPS_PER_HOUR = 12
@@ -315,8 +318,8 @@ def sigterm_run(system: System, pair: ProfilePair, work: Path, demo_port: int,
         if daemon.proc.poll() is None:
             daemon.kill_all()
     done = daemon.wait_for("shutdown_completed", 5)
-    committed = asyncio.run(sql(system.url, "SELECT max(generation) FROM snapshots WHERE "
-                                f"session_id = '{SESSION}' AND kind = 'shutdown'"))
+    committed = asyncio.run(sql(system.url, f"SELECT max(generation) FROM {SCHEMA}.snapshots "
+                                f"WHERE session_id = '{SESSION}' AND kind = 'shutdown'"))
     if code != 0 or not done.get("generation") or committed != done["generation"]:
         raise SystemExit(f"no final snapshot committed (exit {code}, {done})")
     return {"sigterm_ms": stop_ms, "final_uploaded": _final_uploaded(daemon)}
