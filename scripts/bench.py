@@ -58,12 +58,14 @@ from app.demo.server import DemoSite  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from scripts.bench_vault import with_db  # noqa: E402
 from scripts.gen_profile import generate, meta_path  # noqa: E402
+from scripts.readme_block import rewrite  # noqa: E402
 from tests.support.daemon import Daemon, free_port  # noqa: E402
 
 MB = 1_000_000
 SESSION = "bench"
 SYSTEMS = ("sessionkeeper", "zip-bytea", "zip9-base64")
 BASELINE = "zip-bytea"
+README_BLOCK = "bench"
 # Where sessionkeeper's tables live (SESSIONKEEPER_DB_SCHEMA, left at its default here).
 SCHEMA = Settings.model_fields["db_schema"].default
 # The baseline backs up every 5 minutes (backupSyncIntervalMs: 300000, as in the write-up);
@@ -437,6 +439,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# The targets of issue 15 (restore at 1/3 of the baseline, 1/2 the floor of acceptable; steady
+# bytes within 2x the physical floor at 20 MB, 4x above; the first snapshot at 1/3; peak RSS
+# flat within 1.25 across sizes) beside the earlier ones (steady bytes at 1/40 of the baseline,
+# nothing written for an unchanged profile, under 100 ms per 100 MB).
+def floor_limit(size_mb: int) -> float:
+    """How far above the physical floor the steady state may write at this profile size."""
+    return 2.0 if size_mb <= 20 else 4.0
+
+
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     targets: list[dict[str, Any]] = []
 
@@ -452,25 +463,65 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio = ours[f"steady_{measure}"] / max(base[f"steady_{measure}"], 1)
             add(size_i, f"steady bytes ({measure}) / zip baseline <= 1/40", ratio, 1 / 40,
                 ratio <= 1 / 40)
-        floor = by_system["floor_bytes"]
+        floor, limit = by_system["floor_bytes"], floor_limit(size_i)
         ratio = ours["steady_wal_bytes"] / max(floor, 1)
-        add(size_i, "steady WAL bytes / compressed changed data <= 2", ratio, 2, ratio <= 2)
+        add(size_i, f"steady WAL bytes / physical floor <= {limit:g}", ratio, limit,
+            ratio <= limit)
         ratio = ours["steady_growth_bytes"] / max(floor, 1)
-        add(size_i, "steady stored bytes / compressed changed data <= 2", ratio, 2, ratio <= 2)
+        add(size_i, f"steady stored bytes / physical floor <= {limit:g}", ratio, limit,
+            ratio <= limit)
         ratio = ours["first_ms"] / base["first_ms"]
         add(size_i, "first snapshot time / zip baseline <= 1/3", ratio, 1 / 3, ratio <= 1 / 3)
         ratio = ours["restore_ms"] / base["restore_ms"]
-        add(size_i, "restore time / zip baseline <= 1/2", ratio, 1 / 2, ratio <= 1 / 2)
+        add(size_i, "restore time / zip baseline <= 1/3", ratio, 1 / 3, ratio <= 1 / 3)
+        add(size_i, "restore time / zip baseline <= 1/2 (acceptable)", ratio, 1 / 2,
+            ratio <= 1 / 2)
         add(size_i, "unchanged: bytes written (WAL) == 0", ours["unchanged_wal_bytes"], 0,
             ours["unchanged_wal_bytes"] == 0 and ours["unchanged_growth_bytes"] == 0)
-        if size_i >= 100:  # the issue's figure is 100 ms for 100 MB; bigger ones scale
+        if size_i >= 100:  # the figure is 100 ms for 100 MB; bigger ones scale
             add(size_i, "unchanged: time < 100 ms per 100 MB", ours["unchanged_ms"], size_i,
                 ours["unchanged_ms"] < size_i)
-        rss.append(max(ours["first_rss"], ours["steady_rss"], ours["restore_rss"]))
+        rss.append(max(ours["first_rss"], ours["steady_rss"], ours["unchanged_rss"],
+                       ours["restore_rss"]))
     if len(rss) > 1:
         spread = max(rss) / min(rss)
         add(0, "peak RSS flat across sizes: max/min <= 1.25", spread, 1.25, spread <= 1.25)
     return targets
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The targets as one row each, a column per profile size: a figure in bold misses."""
+    sizes = [int(s) for s in results["sizes"]]
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    for t in results["targets"]:
+        name = t["target"]
+        if "physical floor" in name:  # its limit depends on the size
+            name = name.rsplit("<=", 1)[0] + "<= 2 at 20 MB, 4 above"
+        rows.setdefault(name, {})[t["size_mb"]] = t
+    lines = ["| target | " + " | ".join(f"{s} MB" for s in sizes) + " | |",
+             "|---|" + "---|" * len(sizes) + "---|"]
+    for name, by_size in rows.items():
+        if 0 in by_size:  # one figure across all sizes
+            cells = [""] * (len(sizes) - 1) + [_cell(by_size[0])]
+        else:
+            cells = [_cell(by_size[s]) if s in by_size else "" for s in sizes]
+        met = all(t["met"] for t in by_size.values())
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {'met' if met else '**missed**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(t: dict[str, Any]) -> str:
+    value = t["value"]
+    shown = f"{value:.0f}" if value >= 100 or value == 0 else f"{value:.3g}"
+    return shown if t["met"] else f"**{shown}**"
+
+
+def readme_block(results: dict[str, Any]) -> str:
+    """What scripts/bench --readme puts in README.md's bench block."""
+    return (f"Produced by `{results['command']}` on {results.get('date', 'an earlier run')}.\n\n"
+            f"{markdown(results)}\nAgainst the zip baseline in the same run (a figure in bold "
+            f"misses its target):\n\n{summary(results)}")
 
 
 def fmt_bytes(n: float) -> str:
@@ -556,7 +607,23 @@ def main() -> None:
                         help="a server to use instead of the private embedded one "
                              "(WAL counts then include whatever else writes there)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--readme", action="store_true",
+                        help="then rewrite README.md's bench block from the results")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="run nothing: rewrite results.md and README.md's bench block from "
+                             "the results.json in --out (the targets checked again)")
+    parser.add_argument("--readme-path", type=Path, default=ROOT / "README.md")
     args = parser.parse_args()
+    if args.readme_only:
+        source = args.out / "results.json"
+        try:
+            results = json.loads(source.read_text())
+            results.setdefault("date", time.strftime("%Y-%m-%d",
+                                                     time.localtime(source.stat().st_mtime)))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"bench: cannot read {source}: {exc}") from None
+        report(results, args)
+        return
     try:
         sizes = sorted({int(s) for s in args.sizes.split(",")})
     except ValueError:
@@ -578,7 +645,8 @@ def main() -> None:
                    f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') // 2**30} GiB, "
                    f"Python {platform.python_version()}",
         "postgres": f"{postgres} ({'given' if args.database_url else 'private embedded'})",
-        "runs": args.runs, "chat_minutes": args.chat_minutes, "rate": args.rate, "sizes": {},
+        "runs": args.runs, "chat_minutes": args.chat_minutes, "rate": args.rate,
+        "date": time.strftime("%Y-%m-%d"), "sizes": {},
     }
     floor: dict[int, int] = {}
     try:
@@ -599,12 +667,23 @@ def main() -> None:
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report(results, args)
+    chart(results, args.out / "bytes-per-hour.png")
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """Check the targets, write results.json and results.md, and with --readme or
+    --readme-only the README's bench block."""
     results["targets"] = check_targets(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    (args.out / "results.md").write_text(markdown(results))
-    chart(results, args.out / "bytes-per-hour.png")
-    print(markdown(results))
+    (args.out / "results.md").write_text(markdown(results) + "\n" + summary(results))
+    if args.readme or args.readme_only:
+        try:
+            rewrite(args.readme_path, README_BLOCK, readme_block(results))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"bench: cannot rewrite {args.readme_path}: {exc}") from None
+    print(markdown(results) + "\n" + summary(results))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-README_START = "<!-- fleet-bench:start -->"
-README_END = "<!-- fleet-bench:end -->"
+from scripts import readme_block
+
+README_BLOCK = "fleet-bench"
+README_START, README_END = readme_block.markers(README_BLOCK)
 MB = 1024 * 1024
 GB = 1024 * MB
 
@@ -292,8 +294,4 @@ def markdown(results: dict[str, Any]) -> str:
 
 def replace_block(text: str, block: str) -> str:
     """text with what stands between the fleet-bench markers replaced by block."""
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError(f"no {README_START} ... {README_END} block")
-    head = text[: start + len(README_START)]
-    return f"{head}\n{block.strip()}\n{text[end:]}"
+    return readme_block.replace_block(text, README_BLOCK, block)

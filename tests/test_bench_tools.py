@@ -72,3 +72,65 @@ def test_failed_command_is_one_line_error() -> None:
     assert subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--sizes", "x"],
                           capture_output=True, text=True, cwd=ROOT).stderr.strip() \
         == "bench: --sizes must be integers, got 'x'"
+
+
+def _results(sizes: dict[int, tuple[float, float, int]]) -> dict[str, object]:
+    """Bench results with, per size: restore ratio, floor ratio, our peak RSS."""
+    out: dict[str, object] = {"command": "scripts/bench", "machine": "m", "postgres": "p",
+                              "runs": 5, "chat_minutes": 5.0, "rate": 30.0, "sizes": {}}
+    for size, (restore, floor, rss) in sizes.items():
+        ours = {f"{op}_{k}": 1000 for op in ("first", "steady", "unchanged")
+                for k in ("ms", "wal_bytes", "growth_bytes", "rss")}
+        ours.update(first_ms=100, steady_wal_bytes=floor * 1000, steady_growth_bytes=floor * 1000,
+                    unchanged_wal_bytes=0, unchanged_growth_bytes=0, unchanged_ms=10,
+                    restore_ms=restore * 1000, restore_rss=rss, first_rss=rss,
+                    steady_rss=rss, unchanged_rss=rss, sigterm_ms=500)
+        base = {**ours, "first_ms": 1000, "steady_wal_bytes": 10**7,
+                "steady_growth_bytes": 10**7, "restore_ms": 1000}
+        base.pop("sigterm_ms")
+        out["sizes"][str(size)] = {  # type: ignore[index]
+            "profile_bytes": size * 10**6, "floor_bytes": 1000, "sessionkeeper": ours,
+            "zip-bytea": base, "zip9-base64": base}
+    return out
+
+
+def test_bench_targets_follow_issue_15() -> None:
+    from scripts.bench import check_targets
+
+    results = _results({20: (0.3, 2.5, 80), 100: (0.45, 3.5, 90)})
+    met = {(t["size_mb"], t["target"]): t["met"] for t in check_targets(results)}
+    # 2.5x the floor misses at 20 MB, 3.5x is within the 4x allowed at 100 MB.
+    assert met[(20, "steady WAL bytes / physical floor <= 2")] is False
+    assert met[(100, "steady WAL bytes / physical floor <= 4")] is True
+    assert met[(20, "restore time / zip baseline <= 1/3")] is True
+    assert met[(100, "restore time / zip baseline <= 1/3")] is False
+    assert met[(100, "restore time / zip baseline <= 1/2 (acceptable)")] is True
+    assert met[(0, "peak RSS flat across sizes: max/min <= 1.25")] is True  # 90 / 80
+
+
+def test_bench_rewrites_the_readme_block_from_its_results(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "results.json").write_text(json.dumps(_results({20: (0.3, 2.5, 80),
+                                                                100: (0.6, 3.0, 120)})))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n<!-- bench:start -->\nstale\n<!-- bench:end -->\nafter\n")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--readme-only",
+                    "--out", str(tmp_path), "--readme-path", str(readme)],
+                   check=True, capture_output=True)
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n<!-- bench:start -->\n") and text.endswith(
+        "<!-- bench:end -->\nafter\n")
+    assert "stale" not in text
+    rows = [line for line in text.splitlines()
+            if line.startswith("| restore time / zip baseline <= 1/3 |")]
+    assert len(rows) == 3  # the detailed table (a row per size), then the summary
+    assert rows[2] == "| restore time / zip baseline <= 1/3 | 0.3 | **0.6** | **missed** |"
+    assert "| peak RSS flat across sizes: max/min <= 1.25 |  | **1.5** | **missed** |" in text
+    assert (tmp_path / "results.md").read_text().count("| 20 MB (20.0 MB) | sessionkeeper") == 1
+    readme.write_text("no block\n")
+    failed = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"),
+                             "--readme-only", "--out", str(tmp_path), "--readme-path",
+                             str(readme)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert "no <!-- bench:start --> ... <!-- bench:end --> block" in failed.stderr
