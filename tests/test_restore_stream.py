@@ -67,6 +67,13 @@ def test_a_damaged_or_short_stream_is_refused() -> None:
     null = SIGNATURE + struct.pack(">IIhi", 0, 0, 3, -1)
     with pytest.raises(CopyFormatError, match="NULL"):
         CopyRows(fields=3).feed(null)
+    with pytest.raises(CopyFormatError, match="NULL"):  # only the last field may be NULL
+        CopyRows(fields=3, nullable_from=2).feed(null)
+    allowed = CopyRows(fields=2, nullable_from=1)
+    assert [tuple(r) for r in allowed.feed(
+        SIGNATURE + struct.pack(">IIhi", 0, 0, 2, 1) + b"x" + struct.pack(">ih", -1, -1))] \
+        == [(memoryview(b"x"), None)]
+    allowed.finish()
 
 
 def test_chunks_in_any_order_make_the_same_files(tmp_path: Path) -> None:
@@ -114,11 +121,13 @@ async def test_copy_chunks_streams_the_rows_asked_for(pool: asyncpg.Pool) -> Non
 
         wanted = [rows[3][0], rows[0][0], b"\x77" * 32]  # the last one is not stored
         await repo.copy_chunks(conn, "s", wanted, sink)
-    parser = CopyRows(fields=3)
-    got = [tuple(bytes(f) for f in r) for block in blocks for r in parser.feed(block)]
+    parser = CopyRows(fields=7, nullable_from=3)
+    got = [tuple(None if f is None else bytes(f) for f in r)
+           for block in blocks for r in parser.feed(block)]
     parser.finish()
-    assert sorted(got) == [(struct.pack(">i", 0), b"raw", rows[3][3]),
-                           (struct.pack(">i", 1), b"raw", rows[0][3])]
+    # Stored whole: no base row (NULLs).
+    assert sorted(got) == [(struct.pack(">i", 0), b"raw", rows[3][3], None, None, None, None),
+                           (struct.pack(">i", 1), b"raw", rows[0][3], None, None, None, None)]
 
 
 @pytest.mark.parametrize("damage", ["missing", "digest mismatch"])

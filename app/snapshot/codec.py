@@ -28,7 +28,12 @@ CHUNKING = "fastcdc-2k-8k-64k"
 FIXED_CHUNK_SIZE = 64 * 1024
 CODEC_ZSTD = "zstd"
 CODEC_RAW = "raw"
-CODECS = (CODEC_ZSTD, CODEC_RAW)
+CODECS = (CODEC_ZSTD, CODEC_RAW)  # what a chunk stored whole uses (and an export holds)
+# A zstd frame whose dictionary is another chunk's raw bytes (its base: migrations/0011).
+CODEC_DELTA = "zstd-delta"
+# A delta is kept only if it is at most this share of the chunk compressed whole: a base
+# that barely helps is not worth a dependency.
+DELTA_WORTH = 0.7
 # FastCDC finds a cut within this many bytes of a chunk's start: a window holding that much
 # past a chunk's start (or the end of the file) cuts it exactly as the whole file would.
 _LOOKAHEAD = max(64 * 1024, MAX_CHUNK)
@@ -85,6 +90,7 @@ class Encoder:
     """Compresses chunks; one instance per thread (zstd contexts are not thread-safe)."""
 
     def __init__(self, level: int = 3) -> None:
+        self.level = level
         self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True)
 
     def encode(self, raw: bytes) -> tuple[str, bytes]:
@@ -93,6 +99,19 @@ class Encoder:
         if len(packed) >= len(raw):
             return CODEC_RAW, raw
         return CODEC_ZSTD, packed
+
+    def encode_delta(self, raw: bytes, base: bytes) -> tuple[str, bytes]:
+        """(codec, stored bytes) for a raw chunk that resembles `base` (another chunk's raw
+        bytes): a frame against it when that is at most DELTA_WORTH of the chunk compressed
+        whole, else the chunk as encode() stores it."""
+        codec, whole = self.encode(raw)
+        with_base = zstandard.ZstdCompressor(
+            level=self.level, write_content_size=True,
+            dict_data=zstandard.ZstdCompressionDict(
+                base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)).compress(raw)
+        if len(with_base) <= DELTA_WORTH * len(whole):
+            return CODEC_DELTA, with_base
+        return codec, whole
 
 
 def declared_size(stored: bytes | memoryview, what: str) -> int | None:
@@ -134,7 +153,8 @@ class Decoder:
         self._zstd = zstandard.ZstdDecompressor()
 
     def decode(self, codec: str, stored: bytes | memoryview, size: int, expected: bytes,
-               address: Callable[[bytes], bytes] | None = digest) -> bytes:
+               address: Callable[[bytes], bytes] | None = digest,
+               base: bytes | None = None) -> bytes:
         """Raw bytes of a chunk; CorruptSnapshot if the codec, size or address is wrong
         (`address`: SHA-256, or a keyed session's HMAC; None where the chunk was
         authenticated otherwise: a sealed export's member).
@@ -151,19 +171,27 @@ class Decoder:
             raw = self._decompress(stored, size, expected)
         elif codec == CODEC_RAW:
             raw = bytes(stored)
+        elif codec == CODEC_DELTA:
+            if base is None:
+                raise CorruptSnapshot(f"{_name(expected)}: a delta without its base")
+            raw = self._decompress(stored, size, expected, base)
         else:
             raise CorruptSnapshot(f"{_name(expected)}: unknown codec {codec!r}")
         if len(raw) != size or (address is not None and address(raw) != expected):
             raise CorruptSnapshot(f"{_name(expected)}: digest mismatch")
         return raw
 
-    def _decompress(self, stored: bytes | memoryview, size: int, expected: bytes) -> bytes:
+    def _decompress(self, stored: bytes | memoryview, size: int, expected: bytes,
+                    base: bytes | None = None) -> bytes:
         what = _name(expected)
         declared = declared_size(stored, what)
         if declared is not None and declared != size:
             raise CorruptSnapshot(f"{what}: its frame declares {declared} bytes, {size} expected")
+        zstd = self._zstd if base is None else zstandard.ZstdDecompressor(
+            dict_data=zstandard.ZstdCompressionDict(
+                base, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
         try:
-            raw: bytes = self._zstd.decompress(stored, max_output_size=size)
+            raw: bytes = zstd.decompress(stored, max_output_size=size)
         except zstandard.ZstdError as exc:
             raise CorruptSnapshot(f"{what}: {exc}") from None
         return raw

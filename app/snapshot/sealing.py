@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from app.errors import ConfigError, CorruptSnapshot
-from app.snapshot.codec import CODEC_RAW, CODEC_ZSTD, Decoder, Encoder, digest
+from app.snapshot.codec import CODEC_DELTA, CODEC_RAW, CODEC_ZSTD, Decoder, Encoder, digest
 from app.snapshot.manifest import ADDRESSING_HMAC
 
 KEY_BYTES = 32
@@ -158,6 +158,10 @@ class KeySet:
         return found
 
 
+# A delta's base row as stored: its address, raw size, codec and stored bytes.
+Base = tuple[bytes, int, str, bytes | memoryview]
+
+
 class SessionCodec:
     """How one session's objects are addressed, encoded, sealed and checked.
 
@@ -188,9 +192,12 @@ class SessionCodec:
         assert self._address_key is not None
         return hmac.digest(self._address_key, data, "sha256")
 
-    def encode(self, raw: bytes, address: bytes) -> tuple[str, bytes]:
-        """(codec, stored bytes) of a chunk or list object: compressed, then sealed."""
-        inner, stored = self._encoder.encode(raw)
+    def encode(self, raw: bytes, address: bytes, base: bytes | None = None) -> tuple[str, bytes]:
+        """(codec, stored bytes) of a chunk or list object: compressed (against `base`, the
+        raw bytes of a chunk stored whole, when that pays: see Encoder.encode_delta), then
+        sealed."""
+        inner, stored = (self._encoder.encode(raw) if base is None
+                         else self._encoder.encode_delta(raw, base))
         key = self.keys.current
         if key is None:
             return inner, stored
@@ -207,17 +214,30 @@ class SessionCodec:
         key = self.keys.key(key_id, what)
         return inner, key.open(stored, chunk_ad(self.session_id, address, codec, size), what)
 
-    def decode(self, codec: str, stored: bytes | memoryview, size: int, address: bytes) -> bytes:
-        """Raw bytes of a stored row, checked against its address (CorruptSnapshot)."""
+    def decode(self, codec: str, stored: bytes | memoryview, size: int, address: bytes,
+               base: Base | None = None) -> bytes:
+        """Raw bytes of a stored row, checked against its address (CorruptSnapshot); a
+        delta's base row comes with it."""
         inner, data = self.unseal(codec, stored, size, address)
-        return self.decode_inner(inner, data, size, address)
+        return self.decode_inner(inner, data, size, address,
+                                 None if base is None else self.decode_base(base, address))
+
+    def decode_base(self, base: Base, of: bytes) -> bytes:
+        """Raw bytes of a delta's base: a chunk stored whole, checked against its address."""
+        digest, size, codec, data = base
+        inner, opened = self.unseal(codec, data, size, digest)
+        if inner not in (CODEC_ZSTD, CODEC_RAW):
+            raise CorruptSnapshot(f"chunk {of.hex()[:12]}: its base {digest.hex()[:12]} is "
+                                  f"not stored whole ({inner!r})")
+        return self._decoder.decode(inner, opened, size, digest, self.address)
 
     def decode_inner(self, inner: str, data: bytes | memoryview, size: int,
-                     address: bytes) -> bytes:
-        """Raw bytes of an unsealed (compressed or raw) chunk, checked against its address."""
-        if inner not in (CODEC_ZSTD, CODEC_RAW):
+                     address: bytes, base: bytes | None = None) -> bytes:
+        """Raw bytes of an unsealed (compressed or raw) chunk, checked against its address;
+        `base`: a delta's base, raw."""
+        if inner not in (CODEC_ZSTD, CODEC_RAW, CODEC_DELTA):
             raise CorruptSnapshot(f"chunk {address.hex()[:12]}: unknown codec {inner!r}")
-        return self._decoder.decode(inner, data, size, address, self.address)
+        return self._decoder.decode(inner, data, size, address, self.address, base)
 
     def seal_manifest(self, data: bytes) -> bytes:
         """A serialised manifest as stored: sealed under the current key, if any."""

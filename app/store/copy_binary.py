@@ -4,8 +4,8 @@ A restore reads its chunks as one COPY instead of hundreds of SELECTs: no round 
 and no Record object per row, which is most of what asyncpg spends on a chunk. The stream
 arrives in blocks that cut rows anywhere; `CopyRows.feed` returns the rows a block completes
 and keeps the rest for the next one. Only what sessionkeeper asks for is read: rows of a fixed
-number of non-null fields (a NULL, another field count or a damaged header ends it with
-CopyFormatError).
+number of fields, NULL only where the caller allows it (a NULL elsewhere, another field
+count or a damaged header ends it with CopyFormatError).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
 _TRAILER = -1
 
-Row = tuple[memoryview, ...]
+Row = tuple[memoryview | None, ...]
 
 
 class CopyFormatError(ValueError):
@@ -26,10 +26,12 @@ class CopyFormatError(ValueError):
 
 
 class CopyRows:
-    """Incremental parser of a binary COPY stream whose rows have `fields` non-null fields."""
+    """Incremental parser of a binary COPY stream whose rows have `fields` fields, NULL only
+    from field `nullable_from` on (None in the row)."""
 
-    def __init__(self, fields: int) -> None:
+    def __init__(self, fields: int, nullable_from: int | None = None) -> None:
         self.fields = fields
+        self.nullable_from = fields if nullable_from is None else nullable_from
         self._rest = b""
         self._header_read = False
         self.ended = False
@@ -55,14 +57,17 @@ class CopyRows:
                 break
             if count != fields:
                 raise CopyFormatError(f"a row of {count} fields, {fields} expected")
-            start, at, row = pos, pos + 2, []
-            for _ in range(fields):
+            start, at, row = pos, pos + 2, list[memoryview | None]()
+            for field in range(fields):
                 if at + 4 > end:
                     break
                 (size,) = unpack32(data, at)
-                if size < 0:
-                    raise CopyFormatError("a NULL field")
                 at += 4
+                if size < 0:
+                    if field < self.nullable_from:
+                        raise CopyFormatError("a NULL field")
+                    row.append(None)
+                    continue
                 if at + size > end:
                     break
                 row.append(view[at : at + size])

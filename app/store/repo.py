@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,12 +23,14 @@ LEASE_HELD_SQLSTATE = "SK002"
 
 @dataclass(frozen=True, slots=True)
 class StoredChunk:
-    """A chunk row as stored."""
+    """A chunk row as stored; a delta's base row comes with it (address, raw size, codec,
+    stored bytes)."""
 
     digest: bytes
     size: int
     codec: str
     data: bytes
+    base: tuple[bytes, int, str, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,14 +226,15 @@ async def existing_digests(
     return {bytes(r["digest"]) for r in rows}
 
 
-_CHUNK_COLUMNS = ("session_id", "digest", "size", "stored_size", "codec", "data")
+_CHUNK_COLUMNS = ("session_id", "digest", "size", "stored_size", "codec", "data", "base")
 
 
 async def insert_chunks(
-    conn: Conn, session_id: str, chunks: Sequence[tuple[bytes, int, str, bytes]]
+    conn: Conn, session_id: str, chunks: Sequence[tuple[bytes, int, str, bytes]],
+    bases: Mapping[bytes, bytes] | None = None,
 ) -> set[bytes]:
-    """Store (digest, raw size, codec, data) rows; a chunk already stored is left alone.
-    Returns the digests this call actually stored.
+    """Store (digest, raw size, codec, data) rows (a delta's base named in `bases`); a chunk
+    already stored is left alone. Returns the digests this call actually stored.
 
     The rows the table lacks go in by binary COPY, about twice as fast as an INSERT over
     arrays (which PostgreSQL has to take apart first). COPY knows no ON CONFLICT: if another
@@ -242,31 +245,41 @@ async def insert_chunks(
     fresh = [c for c in chunks if c[0] not in present]
     if not fresh:
         return set()
+    bases = bases or {}
     try:
         async with conn.transaction():  # a savepoint inside a caller's transaction
             await conn.copy_records_to_table(
                 "chunks", columns=_CHUNK_COLUMNS,
-                records=[(session_id, d, size, len(data), codec, data)
+                records=[(session_id, d, size, len(data), codec, data, bases.get(d))
                          for d, size, codec, data in fresh])
     except asyncpg.UniqueViolationError:
-        return await _insert_new_chunks(conn, session_id, fresh)
+        return await _insert_new_chunks(conn, session_id, fresh, bases)
     return {c[0] for c in fresh}
 
 
 async def _insert_new_chunks(
-    conn: Conn, session_id: str, chunks: Sequence[tuple[bytes, int, str, bytes]]
+    conn: Conn, session_id: str, chunks: Sequence[tuple[bytes, int, str, bytes]],
+    bases: Mapping[bytes, bytes],
 ) -> set[bytes]:
     rows = await conn.fetch(
-        """INSERT INTO chunks (session_id, digest, size, stored_size, codec, data)
-           SELECT $1, d, s, ss, c, x
-           FROM unnest($2::bytea[], $3::int[], $4::int[], $5::text[], $6::bytea[])
-                AS t(d, s, ss, c, x)
+        """INSERT INTO chunks (session_id, digest, size, stored_size, codec, data, base)
+           SELECT $1, d, s, ss, c, x, b
+           FROM unnest($2::bytea[], $3::int[], $4::int[], $5::text[], $6::bytea[],
+                       $7::bytea[]) AS t(d, s, ss, c, x, b)
            ON CONFLICT (session_id, digest) DO NOTHING
            RETURNING digest""",
         session_id, [c[0] for c in chunks], [c[1] for c in chunks],
         [len(c[3]) for c in chunks], [c[2] for c in chunks], [c[3] for c in chunks],
+        [bases.get(c[0]) for c in chunks],
     )
     return {bytes(r["digest"]) for r in rows}
+
+
+async def delta_bases(conn: Conn, session_id: str) -> dict[bytes, bytes]:
+    """Every delta chunk of the session and its base (few: only changed chunks are)."""
+    rows = await conn.fetch("SELECT digest, base FROM chunks WHERE session_id = $1 "
+                            "AND base IS NOT NULL", session_id)
+    return {bytes(r["digest"]): bytes(r["base"]) for r in rows}
 
 
 async def refresh_chunk_stats(conn: Conn) -> bool:
@@ -289,14 +302,20 @@ async def refresh_chunk_stats(conn: Conn) -> bool:
 async def fetch_chunks(
     conn: Conn, session_id: str, digests: Sequence[bytes]
 ) -> dict[bytes, StoredChunk]:
-    """Stored chunks by digest (missing ones are simply absent)."""
+    """Stored chunks by digest, each delta with its base row (missing ones are simply
+    absent)."""
     rows = await conn.fetch(
-        "SELECT digest, size, codec, data FROM chunks "
-        "WHERE session_id = $1 AND digest = ANY($2::bytea[])",
+        "SELECT c.digest, c.size, c.codec, c.data, b.digest AS b_digest, b.size AS b_size, "
+        "b.codec AS b_codec, b.data AS b_data FROM chunks c "
+        "LEFT JOIN chunks b ON b.session_id = c.session_id AND b.digest = c.base "
+        "WHERE c.session_id = $1 AND c.digest = ANY($2::bytea[])",
         session_id, list(set(digests)),
     )
     return {
-        bytes(r["digest"]): StoredChunk(bytes(r["digest"]), r["size"], r["codec"], r["data"])
+        bytes(r["digest"]): StoredChunk(
+            bytes(r["digest"]), r["size"], r["codec"], r["data"],
+            None if r["b_digest"] is None
+            else (bytes(r["b_digest"]), r["b_size"], r["b_codec"], r["b_data"]))
         for r in rows
     }
 
@@ -312,7 +331,8 @@ async def copy_chunks(
     sink: Callable[[bytes], Coroutine[Any, Any, None]],
 ) -> None:
     """Stream the stored rows of the given distinct chunks to `sink` as a binary COPY of
-    (position in `digests`, codec, data); rows come in any order and missing chunks are
+    (position in `digests`, codec, data, and a delta's base row: its digest, size, codec
+    and data, NULL for a chunk stored whole); rows come in any order and missing chunks are
     simply absent (app/store/copy_binary.py reads it)."""
     if not digests:
         return
@@ -321,11 +341,12 @@ async def copy_chunks(
         raise ValueError("chunk digests are 32 bytes")
     session = f"convert_from({_hex_literal(session_id.encode())}, 'UTF8')"
     query = (
-        "SELECT w.n, c.codec, c.data"
+        "SELECT w.n, c.codec, c.data, b.digest, b.size, b.codec, b.data"
         f" FROM (SELECT n, substring(x.b FROM n * 32 + 1 FOR 32) AS d"
         f"       FROM (SELECT {_hex_literal(packed)} AS b) x,"
         f"            generate_series(0, {len(digests) - 1}) n) w"
         f" JOIN chunks c ON c.session_id = {session} AND c.digest = w.d"
+        " LEFT JOIN chunks b ON b.session_id = c.session_id AND b.digest = c.base"
     )
     await conn.copy_from_query(query, output=sink, format="binary")
 

@@ -32,7 +32,7 @@ from app.errors import CorruptSnapshot, NotFound, UserError
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
 from app.session_ids import is_session_id
-from app.snapshot.codec import CODECS, MAX_CHUNK, Decoder, digest
+from app.snapshot.codec import CODECS, MAX_CHUNK, Decoder, Encoder, digest
 from app.snapshot.manifest import ADDRESSING_SHA256, Manifest
 from app.snapshot.sealing import SEAL_OVERHEAD, KeySet, VaultKey
 from app.store import repo
@@ -129,6 +129,7 @@ async def export_generation(
             raise NotFound(f"session {session_id!r} has no generation {generation}")
         opened = await load_manifest(conn, session_id, info.generation)
         source = keyring.active().reader(session_id, opened.manifest)
+        whole = Encoder()  # for a delta, which an export holds whole
         seal = _ExportSeal.new(keyring.active().keys.current)
         manifest_member = seal.seal(MANIFEST_NAME, opened.plain)
         # List objects first: an importer learns every chunk digest before the chunks come.
@@ -170,7 +171,12 @@ async def export_generation(
                     for d in window:
                         chunk = stored[d]
                         inner, data = source.unseal(chunk.codec, chunk.data, sizes[d], d)
-                        source.decode_inner(inner, data, sizes[d], d)  # a bad chunk stops here
+                        base = (None if chunk.base is None
+                                else source.decode_base(chunk.base, d))
+                        # A bad chunk stops here.
+                        raw = source.decode_inner(inner, data, sizes[d], d, base)
+                        if inner not in CODECS:  # a delta goes out whole: an export stands alone
+                            inner, data = whole.encode(raw)
                         name = f"chunks/{d.hex()}.{inner}"
                         member = seal.seal(name, bytes(data))
                         _add(tar, name, member)

@@ -13,20 +13,22 @@ from app.store import repo
 from app.store.leases import FENCED_SQLSTATE
 from app.store.repo import Conn
 from app.vault import keyring
-from app.vault.manifests import store_lists
+from app.vault.delta_bases import DeltaBases
+from app.vault.manifests import new_lists, store_lists
 
 
 async def commit_manifest(
     conn: Conn, session_id: str, manifest: Manifest, *, level: int, kind: str,
     login_state: str | None, chunks_new: int, bytes_uploaded: int, started: float,
-    lease_token: int | None = None, force: bool = False,
+    lease_token: int | None = None, force: bool = False, bases: DeltaBases | None = None,
 ) -> tuple[int, int]:
     """Store the list objects, check every chunk is stored, insert the generation.
 
     Returns (generation, bytes uploaded including the manifest and its list objects).
 
     The caller holds the session's chunk lock shared, so nothing it counted on can vanish;
-    the count is a last check that the generation never names a missing chunk. With a lease
+    the count is a last check that the generation never names a missing chunk. `bases`
+    (the previous generation's) lets new list objects be stored as deltas. With a lease
     token, the database refuses the insert if a newer owner exists (LeaseLost); without one,
     while any process holds the session's lease (LeaseHeld), unless force.
     """
@@ -38,7 +40,12 @@ async def commit_manifest(
     packed = manifest.pack(level, codec.address)
     stored = codec.seal_manifest(packed.data)
     uploaded = bytes_uploaded + len(stored)
-    uploaded += await store_lists(conn, session_id, packed, codec)
+    list_bases = {}
+    if bases is not None and packed.lists:
+        wanted = bases.list_candidates(manifest, await new_lists(conn, session_id, packed),
+                                       codec.address)
+        list_bases = await DeltaBases.resolve(conn, session_id, codec, wanted)
+    uploaded += await store_lists(conn, session_id, packed, codec, list_bases)
     distinct = list(manifest.digests() | set(packed.lists))
     try:
         return await _insert(conn, session_id, manifest, stored, distinct, uploaded, kind,

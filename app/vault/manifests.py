@@ -9,9 +9,9 @@ import anyio
 import zstandard
 
 from app.errors import CorruptSnapshot, NotFound
-from app.snapshot.codec import MAX_OBJECT_BYTES, declared_size
+from app.snapshot.codec import CODEC_DELTA, MAX_OBJECT_BYTES, declared_size
 from app.snapshot.manifest import Manifest, ManifestDoc, PackedManifest
-from app.snapshot.sealing import SessionCodec
+from app.snapshot.sealing import SessionCodec, split_codec
 from app.store import repo
 from app.store.repo import Conn
 from app.vault import keyring
@@ -108,7 +108,7 @@ async def open_manifest(conn: Conn, session_id: str, data: bytes) -> OpenManifes
                 chunk = stored.get(digest)
                 if chunk is None:
                     raise CorruptSnapshot(f"list object {digest.hex()[:12]} is missing")
-                lists[digest] = codec.decode(chunk.codec, chunk.data, size, digest)
+                lists[digest] = codec.decode(chunk.codec, chunk.data, size, digest, chunk.base)
 
         await anyio.to_thread.run_sync(decode)
     return OpenManifest(doc.resolve(lists), lists, data, plain)
@@ -126,13 +126,22 @@ async def load_manifest(conn: Conn, session_id: str, generation: int) -> OpenMan
 
 
 async def store_lists(conn: Conn, session_id: str, packed: PackedManifest,
-                      codec: SessionCodec) -> int:
-    """Store the list objects the database lacks; returns the bytes written."""
+                      codec: SessionCodec,
+                      bases: dict[bytes, tuple[bytes, bytes]] | None = None) -> int:
+    """Store the list objects the database lacks (each against its base, address and raw
+    bytes, when it has one: see app/vault/delta_bases.py); returns the bytes written."""
     if not packed.lists:
         return 0
+    bases = bases or {}
     present = await repo.existing_digests(conn, session_id, list(packed.lists))
-    rows = [(d, len(raw), *codec.encode(raw, d)) for d, raw in packed.lists.items()
-            if d not in present]
+    rows = [(d, len(raw), *codec.encode(raw, d, bases[d][1] if d in bases else None))
+            for d, raw in packed.lists.items() if d not in present]
     if rows:
-        await repo.insert_chunks(conn, session_id, rows)
+        await repo.insert_chunks(conn, session_id, rows, {
+            r[0]: bases[r[0]][0] for r in rows if split_codec(r[2])[0] == CODEC_DELTA})
     return sum(len(r[3]) for r in rows)
+
+
+async def new_lists(conn: Conn, session_id: str, packed: PackedManifest) -> set[bytes]:
+    """The list objects of a packed manifest that the database lacks."""
+    return set(packed.lists) - await repo.existing_digests(conn, session_id, list(packed.lists))

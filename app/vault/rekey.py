@@ -216,7 +216,7 @@ async def _convert_generation(conn: Conn, session_id: str, generation: int,
                     chunk = chunks.get(d)
                     if chunk is None:
                         raise CorruptSnapshot(f"chunk {d.hex()[:12]} is missing")
-                    raw = source.decode(chunk.codec, chunk.data, sizes[d], d)
+                    raw = source.decode(chunk.codec, chunk.data, sizes[d], d, chunk.base)
                     ours = renamed[d] = target.address(raw)
                     out.append((ours, len(raw), *target.encode(raw, ours)))
                 return out

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import asyncpg
@@ -36,10 +36,10 @@ from app.snapshot.keep import KeepRules
 from app.snapshot.manifest import FileEntry, Manifest
 from app.snapshot.mounts import is_mount_point
 from app.snapshot.safepath import is_singleton
-from app.snapshot.sealing import SessionCodec
+from app.snapshot.sealing import Base, SessionCodec
 from app.snapshot.staging import work_dir_for
 from app.store import repo
-from app.store.copy_binary import CopyFormatError, CopyRows
+from app.store.copy_binary import CopyFormatError, CopyRows, Row
 from app.store.repo import Conn
 from app.tasks import task_group
 from app.vault import keyring
@@ -178,7 +178,7 @@ class _ChunkStream:
         self.places = places
         self.writer = writer
         self.decoder = decoder
-        self.rows = CopyRows(fields=3)
+        self.rows = _copy_rows()
         self.start = 0  # the first reference of the slice the current COPY serves
         self.received = bytearray(len(places.digests))
         self.codecs: dict[bytes, str] = {}
@@ -189,7 +189,7 @@ class _ChunkStream:
         try:
             if start != self.start:  # the previous COPY is over
                 self.rows.finish()
-                self.rows, self.start = CopyRows(fields=3), start
+                self.rows, self.start = _copy_rows(), start
             return sum(self._rows(block) for block in blocks)
         except CopyFormatError as exc:
             raise CorruptSnapshot(f"chunk stream unreadable: {exc}") from None
@@ -202,7 +202,8 @@ class _ChunkStream:
         # are written together: a run of them, its file and where it starts.
         run: list[bytes] = []
         run_file = run_at = run_end = -1
-        for position, codec_name, data in self.rows.feed(block):
+        for row in self.rows.feed(block):
+            position, codec_name, data = cast(tuple[memoryview, memoryview, memoryview], row[:3])
             n = self.start + int.from_bytes(position, "big", signed=True)
             if not self.start <= n < end or received[n]:
                 raise CorruptSnapshot(f"chunk stream: unexpected row {n}")
@@ -210,7 +211,7 @@ class _ChunkStream:
             codec = codecs.get(bytes(codec_name))
             if codec is None:
                 codec = codecs[bytes(codec_name)] = str(codec_name, "utf-8")
-            raw = decode(codec, data, places.sizes[n], places.digests[n])
+            raw = decode(codec, data, places.sizes[n], places.digests[n], _base_of(row))
             file, offset = places.file[n], places.offset[n]
             if file != run_file or offset != run_end or len(run) >= _RUN_CHUNKS:
                 if run:
@@ -233,6 +234,20 @@ class _ChunkStream:
         missing = self.received.find(0)
         if missing >= 0:
             raise CorruptSnapshot(f"chunk {self.places.digests[missing].hex()[:12]} is missing")
+
+
+def _copy_rows() -> CopyRows:
+    """The parser of one COPY of repo.copy_chunks: position, codec, data, then the base row's
+    digest, size, codec and data (NULL for a chunk stored whole)."""
+    return CopyRows(fields=7, nullable_from=3)
+
+
+def _base_of(row: Row) -> Base | None:
+    """The base row a delta's COPY row carries (None for a chunk stored whole)."""
+    digest, size, codec, data = row[3:]
+    if digest is None or size is None or codec is None or data is None:
+        return None
+    return bytes(digest), int.from_bytes(size, "big", signed=True), str(codec, "utf-8"), data
 
 
 class _Handoff:

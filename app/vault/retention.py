@@ -51,6 +51,9 @@ async def collect_garbage(conn: Conn, session_id: str) -> int | None:
                 # A manifest we cannot read may still name chunks: delete nothing.
                 get_logger(session_id=session_id).error("gc_skipped_unreadable_manifest")
                 return 0
+        # A kept delta keeps its base (a base is stored whole: one step is enough).
+        referenced |= {base for d, base in (await repo.delta_bases(conn, session_id)).items()
+                       if d in referenced}
         orphans = [d async for d in repo.iter_stored_digests(conn, session_id)
                    if d not in referenced]
         deleted = 0

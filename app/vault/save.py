@@ -20,10 +20,10 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import iter_chunks, iter_fixed_chunks
+from app.snapshot.codec import CODEC_DELTA, iter_chunks, iter_fixed_chunks
 from app.snapshot.keep import is_stored_blob
 from app.snapshot.manifest import FileEntry, Manifest
-from app.snapshot.sealing import SessionCodec
+from app.snapshot.sealing import SessionCodec, split_codec
 from app.snapshot.staging import (
     StagedTree,
     capture,
@@ -36,7 +36,8 @@ from app.store.repo import Conn
 from app.tasks import task_group
 from app.vault import keyring
 from app.vault.commit import commit_manifest
-from app.vault.manifests import load_manifest
+from app.vault.delta_bases import DeltaBases
+from app.vault.manifests import OpenManifest, load_manifest
 from app.vault.options import BATCH_BYTES, BATCH_CHUNKS, VaultOptions
 from app.vault.retention import prune
 from app.vault.statcache import StatCache
@@ -104,11 +105,14 @@ class _Uploader:
     """
 
     def __init__(self, conn: Conn, session_id: str, known: set[bytes],
-                 codec: SessionCodec, progress: ProgressSink) -> None:
+                 codec: SessionCodec, progress: ProgressSink,
+                 bases: DeltaBases | None = None) -> None:
         self.conn = conn
         self.session_id = session_id
         self.known = known
         self.codec = codec
+        self.bases = bases or DeltaBases(None)
+        self.wanted_bases: dict[bytes, bytes] = {}  # new chunk -> its base candidate
         self.progress = progress
         self.pending: Batch = []
         self.pending_set: set[bytes] = set()
@@ -135,14 +139,18 @@ class _Uploader:
             while batch := await anyio.to_thread.run_sync(_read_hash, chunks, BATCH_CHUNKS,
                                                           self.codec.address):
                 for d, raw in batch:
-                    digests.append(d)
-                    sizes.append(len(raw))
                     if d not in self.known and d not in self.pending_set:
                         self.pending.append((d, raw))
                         self.pending_set.add(d)
                         self.pending_bytes += len(raw)
+                        base = self.bases.candidate(rel, len(digests),
+                                                    digests[-1] if digests else None)
+                        if base is not None:
+                            self.wanted_bases[d] = base
                     else:
                         self.progress.advance(len(raw))
+                    digests.append(d)
+                    sizes.append(len(raw))
                 if len(self.pending) >= BATCH_CHUNKS or self.pending_bytes >= BATCH_BYTES:
                     await self._hand_over()
         finally:
@@ -162,26 +170,32 @@ class _Uploader:
             await self._hand_over()
 
     async def _store(self, batch: Batch) -> None:
+        wanted = {d: self.wanted_bases.pop(d) for d, _ in batch if d in self.wanted_bases}
+        bases = (await DeltaBases.resolve(self.conn, self.session_id, self.codec, wanted)
+                 if wanted else {})
+
         def encode() -> list[tuple[bytes, int, str, bytes]]:
-            return [(d, len(raw), *self.codec.encode(raw, d)) for d, raw in batch]
+            return [(d, len(raw), *self.codec.encode(raw, d, bases[d][1] if d in bases
+                                                     else None)) for d, raw in batch]
 
         rows = await anyio.to_thread.run_sync(encode)
+        delta = {r[0]: bases[r[0]][0] for r in rows if split_codec(r[2])[0] == CODEC_DELTA}
         # Chunks stored earlier (by a generation pruned since, or an interrupted snapshot)
         # are skipped by the insert; only what it stored counts as uploaded.
-        stored = await repo.insert_chunks(self.conn, self.session_id, rows)
+        stored = await repo.insert_chunks(self.conn, self.session_id, rows, delta)
         self.chunks_new += len(stored)
         self.bytes_uploaded += sum(len(r[3]) for r in rows if r[0] in stored)
         self.progress.advance(sum(len(raw) for _, raw in batch))
 
 
-async def _known_digests(conn: Conn, session_id: str,
-                         latest: repo.GenerationInfo | None) -> set[bytes]:
+async def _previous(conn: Conn, session_id: str,
+                    latest: repo.GenerationInfo | None) -> OpenManifest | None:
     if latest is None:
-        return set()
+        return None
     try:
-        return (await load_manifest(conn, session_id, latest.generation)).referenced()
+        return await load_manifest(conn, session_id, latest.generation)
     except (CorruptSnapshot, NotFound):
-        return set()  # not trusted: every chunk is checked against the table instead
+        return None  # not trusted: every chunk is checked against the table instead
 
 
 @keyring.with_keyring
@@ -331,8 +345,13 @@ async def _save_tree(
             if latest is not None and manifest.content_digest() == latest.content_digest:
                 return result(False, manifest, latest.generation, None)
         async with repo.chunk_lock_shared(conn, session_id):
-            uploader = _Uploader(conn, session_id, await _known_digests(conn, session_id, latest),
-                                 codec, progress)
+            previous = await _previous(conn, session_id, latest)
+            # Bases come from the previous generation, if its chunks are addressed as ours.
+            base_from = (previous.manifest if previous is not None
+                         and previous.manifest.addressing == codec.addressing else None)
+            uploader = _Uploader(conn, session_id,
+                                 previous.referenced() if previous else set(), codec, progress,
+                                 DeltaBases(base_from))
             progress.start("snapshot", sum(f.size for f in pending))
             async with task_group() as tg:
                 tg.start_soon(uploader.store_batches)
@@ -356,7 +375,7 @@ async def _save_tree(
                 conn, session_id, manifest, level=options.zstd_level, kind=kind,
                 login_state=login_state, chunks_new=uploader.chunks_new,
                 bytes_uploaded=uploader.bytes_uploaded, started=started, lease_token=lease_token,
-                force=force,
+                force=force, bases=uploader.bases,
             )
             cache.belongs_to(generation, manifest.content_digest())
         if uploader.chunks_new >= _ANALYZE_AFTER_CHUNKS:
