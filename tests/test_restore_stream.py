@@ -159,21 +159,19 @@ async def test_a_damaged_chunk_fails_the_generation_and_the_next_one_restores(
     assert {k: v for k, v in expected.items() if k in restored} == restored
 
 
-async def test_copy_insert_falls_back_when_a_chunk_appears_meanwhile(
-        pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """COPY has no ON CONFLICT: a row another writer stored after the check makes the
-    batch go in by INSERT ... ON CONFLICT instead, storing only what is new."""
+async def test_copy_insert_falls_back_when_a_chunk_is_stored_already(
+        pool: asyncpg.Pool) -> None:
+    """COPY has no ON CONFLICT: a batch holding a chunk stored already (an interrupted
+    snapshot's, another writer's) goes in by INSERT ... ON CONFLICT instead, storing only
+    what is new, in the same transaction as the caller's other writes."""
     first = (b"\x01" * 32, 3, "raw", b"abc")
     second = (b"\x02" * 32, 3, "raw", b"def")
     async with pool.acquire() as conn:
         await repo.ensure_session(conn, "s")
         assert await repo.insert_chunks(conn, "s", [first]) == {first[0]}
-
-        async def blind(*_args: object) -> set[bytes]:  # the check misses the stored row
-            return set()
-
-        monkeypatch.setattr(repo, "existing_digests", blind)
-        assert await repo.insert_chunks(conn, "s", [first, second]) == {second[0]}
+        async with conn.transaction():
+            assert await repo.insert_chunks(conn, "s", [first, second]) == {second[0]}
+            assert await conn.fetchval("SELECT 1") == 1  # the transaction is still usable
         count = await conn.fetchval("SELECT count(*) FROM chunks WHERE session_id = 's'")
     assert count == 2
 

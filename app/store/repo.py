@@ -236,15 +236,15 @@ async def insert_chunks(
     """Store (digest, raw size, codec, data) rows (a delta's base named in `bases`); a chunk
     already stored is left alone. Returns the digests this call actually stored.
 
-    The rows the table lacks go in by binary COPY, about twice as fast as an INSERT over
-    arrays (which PostgreSQL has to take apart first). COPY knows no ON CONFLICT: if another
-    writer stores one of them meanwhile, the batch is inserted again the slow way."""
+    The rows go in by binary COPY, about twice as fast as an INSERT over arrays (which
+    PostgreSQL has to take apart first). COPY knows no ON CONFLICT: when one of them is
+    stored already (left by an interrupted snapshot, or named by an older generation than
+    the one the caller compared with), the batch goes in again the slow way. No lookup comes
+    first: during a first snapshot the planner still takes the table for empty, and a lookup
+    per batch would read it all each time."""
     if not chunks:
         return set()
-    present = await existing_digests(conn, session_id, [c[0] for c in chunks])
-    fresh = [c for c in chunks if c[0] not in present]
-    if not fresh:
-        return set()
+    fresh = chunks
     bases = bases or {}
     try:
         async with conn.transaction():  # a savepoint inside a caller's transaction
