@@ -149,6 +149,9 @@ class System:
         self.name = name
         self.url = url
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIONKEEPER_")}
+        # Temporary files (the baseline's copy and zip) go where the profiles are.
+        (state.parent / "tmp").mkdir(parents=True, exist_ok=True)
+        self.env.update(TMPDIR=str(state.parent / "tmp"))
         self.env.update(DATABASE_URL=url, SESSIONKEEPER_LOG_LEVEL="warning",
                         SESSIONKEEPER_DATA_DIR=str(state), SESSIONKEEPER_SESSION_ID=SESSION)
 
@@ -531,9 +534,19 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding path (`stat -f`), as the results name it."""
+    path.mkdir(parents=True, exist_ok=True)
+    found = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
+                           text=True, check=False)
+    return found.stdout.strip() or "unknown"
+
+
 def markdown(results: dict[str, Any]) -> str:
+    where = (f" Profiles copied, backed up and restored on {results['work_fs']}."
+             if "work_fs" in results else "")
     lines = [
-        f"Machine: {results['machine']}. PostgreSQL: {results['postgres']}. "
+        f"Machine: {results['machine']}. PostgreSQL: {results['postgres']}.{where} "
         f"Medians of {results['runs']} runs (peak RSS: the highest). Steady state: "
         f"{results['chat_minutes']} min of chat at {results['rate']} messages/min. "
         "Bytes written: WAL from PostgreSQL; the database's growth in brackets.",
@@ -607,6 +620,9 @@ def main() -> None:
                         help="a server to use instead of the private embedded one "
                              "(WAL counts then include whatever else writes there)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--work", type=Path, default=ROOT / ".sessionkeeper" / "bench-work",
+                        help="where the profiles are copied, backed up from and restored to, "
+                             "for every system (e.g. a tmpfs: see the README)")
     parser.add_argument("--readme", action="store_true",
                         help="then rewrite README.md's bench block from the results")
     parser.add_argument("--readme-only", action="store_true",
@@ -636,11 +652,12 @@ def main() -> None:
     postgres = asyncio.run(sql(base, "SHOW server_version"))
     pairs = asyncio.run(build_profiles(sizes, scratch / "bench-profiles", args.demo_port,
                                        args.chat_minutes, args.rate))
-    work = scratch / "bench-work"
+    work = args.work
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work.mkdir(parents=True)
     results: dict[str, Any] = {
         "command": "scripts/bench " + " ".join(sys.argv[1:]),
+        "work_fs": filesystem_of(work),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') // 2**30} GiB, "
                    f"Python {platform.python_version()}",
