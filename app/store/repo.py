@@ -351,25 +351,14 @@ async def copy_chunks(
     await conn.copy_from_query(query, output=sink, format="binary")
 
 
-async def count_present(
-    conn: Conn, session_id: str, digests: Sequence[bytes]
-) -> int:
-    """How many of the (distinct) digests are stored."""
-    n: int = await conn.fetchval(
-        "SELECT count(*) FROM chunks WHERE session_id = $1 AND digest = ANY($2::bytea[])",
-        session_id, list(digests),
-    )
-    return n
-
-
-async def stored_size(conn: Conn, session_id: str, digests: Sequence[bytes]) -> int:
-    """Sum of stored sizes of the given chunks."""
-    n: int = await conn.fetchval(
-        "SELECT coalesce(sum(stored_size), 0) FROM chunks "
-        "WHERE session_id = $1 AND digest = ANY($2::bytea[])",
-        session_id, list(digests),
-    )
-    return int(n)
+async def present_and_stored(conn: Conn, session_id: str,
+                             digests: Sequence[bytes]) -> tuple[int, int]:
+    """How many of the (distinct) digests are stored, and their stored bytes: one pass."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(sum(stored_size), 0) AS bytes FROM chunks "
+        "WHERE session_id = $1 AND digest = ANY($2::bytea[])", session_id, digests)
+    assert row is not None
+    return int(row["n"]), int(row["bytes"])
 
 
 async def commit_generation(conn: Conn, values: dict[str, Any]) -> tuple[int, Any]:

@@ -203,7 +203,7 @@ class _ChunkStream:
         run: list[bytes] = []
         run_file = run_at = run_end = -1
         for row in self.rows.feed(block):
-            position, codec_name, data = cast(tuple[memoryview, memoryview, memoryview], row[:3])
+            position, codec_name, data, base_digest = cast(_Row, row[:4])
             n = self.start + int.from_bytes(position, "big", signed=True)
             if not self.start <= n < end or received[n]:
                 raise CorruptSnapshot(f"chunk stream: unexpected row {n}")
@@ -211,7 +211,8 @@ class _ChunkStream:
             codec = codecs.get(bytes(codec_name))
             if codec is None:
                 codec = codecs[bytes(codec_name)] = str(codec_name, "utf-8")
-            raw = decode(codec, data, places.sizes[n], places.digests[n], _base_of(row))
+            raw = decode(codec, data, places.sizes[n], places.digests[n],
+                         None if base_digest is None else _base_of(row))
             file, offset = places.file[n], places.offset[n]
             if file != run_file or offset != run_end or len(run) >= _RUN_CHUNKS:
                 if run:
@@ -234,6 +235,9 @@ class _ChunkStream:
         missing = self.received.find(0)
         if missing >= 0:
             raise CorruptSnapshot(f"chunk {self.places.digests[missing].hex()[:12]} is missing")
+
+
+_Row = tuple[memoryview, memoryview, memoryview, memoryview | None]
 
 
 def _copy_rows() -> CopyRows:
