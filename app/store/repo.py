@@ -244,17 +244,16 @@ async def insert_chunks(
     per batch would read it all each time."""
     if not chunks:
         return set()
-    fresh = chunks
     bases = bases or {}
     try:
         async with conn.transaction():  # a savepoint inside a caller's transaction
             await conn.copy_records_to_table(
                 "chunks", columns=_CHUNK_COLUMNS,
                 records=[(session_id, d, size, len(data), codec, data, bases.get(d))
-                         for d, size, codec, data in fresh])
+                         for d, size, codec, data in chunks])
     except asyncpg.UniqueViolationError:
-        return await _insert_new_chunks(conn, session_id, fresh, bases)
-    return {c[0] for c in fresh}
+        return await _insert_new_chunks(conn, session_id, chunks, bases)
+    return {c[0] for c in chunks}
 
 
 async def _insert_new_chunks(

@@ -14,7 +14,7 @@ from app.store.leases import FENCED_SQLSTATE
 from app.store.repo import Conn
 from app.vault import keyring
 from app.vault.delta_bases import DeltaBases
-from app.vault.manifests import new_lists, store_lists
+from app.vault.manifests import store_lists
 
 
 async def commit_manifest(
@@ -40,12 +40,7 @@ async def commit_manifest(
     packed = manifest.pack(level, codec.address)
     stored = codec.seal_manifest(packed.data)
     uploaded = bytes_uploaded + len(stored)
-    list_bases = {}
-    if bases is not None and packed.lists:
-        wanted = bases.list_candidates(manifest, await new_lists(conn, session_id, packed),
-                                       codec.address)
-        list_bases = await DeltaBases.resolve(conn, session_id, codec, wanted)
-    uploaded += await store_lists(conn, session_id, packed, codec, list_bases)
+    uploaded += await store_lists(conn, session_id, packed, codec, manifest, bases)
     # One set of every object the generation names (38,000 for 500 MB): made once.
     objects = manifest.digests()
     chunks_total = len(objects)

@@ -16,12 +16,13 @@ own base, so restoring a delta takes one other row and no chain.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from app.errors import CorruptSnapshot
+from app.snapshot.codec import CODEC_DELTA
 from app.snapshot.keep import is_stored_blob
 from app.snapshot.manifest import LIST_THRESHOLD, FileEntry, Manifest, pack_refs
-from app.snapshot.sealing import SessionCodec
+from app.snapshot.sealing import SessionCodec, split_codec
 from app.store import repo
 from app.store.repo import Conn
 
@@ -90,3 +91,13 @@ class DeltaBases:
             except CorruptSnapshot:
                 continue
         return {d: raw[c] for d, c in wanted.items() if c in raw and raw[c][0] != d}
+
+
+def encode_against(codec: SessionCodec, objects: Iterable[tuple[bytes, bytes]],
+                   bases: Mapping[bytes, tuple[bytes, bytes]],
+                   ) -> tuple[list[tuple[bytes, int, str, bytes]], dict[bytes, bytes]]:
+    """Rows (address, raw size, codec, stored bytes) of raw objects, each stored against its
+    base (see `resolve`) where that pays; and the base each delta row names."""
+    rows = [(d, len(raw), *codec.encode(raw, d, bases[d][1] if d in bases else None))
+            for d, raw in objects]
+    return rows, {r[0]: bases[r[0]][0] for r in rows if split_codec(r[2])[0] == CODEC_DELTA}

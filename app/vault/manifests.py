@@ -9,12 +9,13 @@ import anyio
 import zstandard
 
 from app.errors import CorruptSnapshot, NotFound
-from app.snapshot.codec import CODEC_DELTA, MAX_OBJECT_BYTES, declared_size
+from app.snapshot.codec import MAX_OBJECT_BYTES, declared_size
 from app.snapshot.manifest import Manifest, ManifestDoc, PackedManifest
-from app.snapshot.sealing import SessionCodec, split_codec
+from app.snapshot.sealing import SessionCodec
 from app.store import repo
 from app.store.repo import Conn
 from app.vault import keyring
+from app.vault.delta_bases import DeltaBases, encode_against
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,22 +127,20 @@ async def load_manifest(conn: Conn, session_id: str, generation: int) -> OpenMan
 
 
 async def store_lists(conn: Conn, session_id: str, packed: PackedManifest,
-                      codec: SessionCodec,
-                      bases: dict[bytes, tuple[bytes, bytes]] | None = None) -> int:
-    """Store the list objects the database lacks (each against its base, address and raw
-    bytes, when it has one: see app/vault/delta_bases.py); returns the bytes written."""
+                      codec: SessionCodec, manifest: Manifest | None = None,
+                      bases: DeltaBases | None = None) -> int:
+    """Store the list objects the database lacks; returns the bytes written. With the
+    previous generation's `bases` (and the `manifest` packed), a new list is stored against
+    the old list it resembles most (see app/vault/delta_bases.py)."""
     if not packed.lists:
         return 0
-    bases = bases or {}
     present = await repo.existing_digests(conn, session_id, list(packed.lists))
-    rows = [(d, len(raw), *codec.encode(raw, d, bases[d][1] if d in bases else None))
-            for d, raw in packed.lists.items() if d not in present]
+    missing = set(packed.lists) - present
+    found: dict[bytes, tuple[bytes, bytes]] = {}
+    if bases is not None and manifest is not None and missing:
+        found = await DeltaBases.resolve(
+            conn, session_id, codec, bases.list_candidates(manifest, missing, codec.address))
+    rows, delta = encode_against(codec, ((d, packed.lists[d]) for d in missing), found)
     if rows:
-        await repo.insert_chunks(conn, session_id, rows, {
-            r[0]: bases[r[0]][0] for r in rows if split_codec(r[2])[0] == CODEC_DELTA})
+        await repo.insert_chunks(conn, session_id, rows, delta)
     return sum(len(r[3]) for r in rows)
-
-
-async def new_lists(conn: Conn, session_id: str, packed: PackedManifest) -> set[bytes]:
-    """The list objects of a packed manifest that the database lacks."""
-    return set(packed.lists) - await repo.existing_digests(conn, session_id, list(packed.lists))

@@ -20,10 +20,10 @@ import asyncpg
 from app.errors import CorruptSnapshot, NotFound
 from app.log import get_logger
 from app.progress import NullProgress, ProgressSink
-from app.snapshot.codec import CODEC_DELTA, iter_chunks, iter_fixed_chunks
+from app.snapshot.codec import iter_chunks, iter_fixed_chunks
 from app.snapshot.keep import is_stored_blob
 from app.snapshot.manifest import FileEntry, Manifest
-from app.snapshot.sealing import SessionCodec, split_codec
+from app.snapshot.sealing import SessionCodec
 from app.snapshot.staging import (
     StagedTree,
     capture,
@@ -36,7 +36,7 @@ from app.store.repo import Conn
 from app.tasks import task_group
 from app.vault import keyring
 from app.vault.commit import commit_manifest
-from app.vault.delta_bases import DeltaBases
+from app.vault.delta_bases import DeltaBases, encode_against
 from app.vault.manifests import OpenManifest, load_manifest
 from app.vault.options import BATCH_BYTES, BATCH_CHUNKS, VaultOptions
 from app.vault.retention import prune
@@ -174,12 +174,7 @@ class _Uploader:
         bases = (await DeltaBases.resolve(self.conn, self.session_id, self.codec, wanted)
                  if wanted else {})
 
-        def encode() -> list[tuple[bytes, int, str, bytes]]:
-            return [(d, len(raw), *self.codec.encode(raw, d, bases[d][1] if d in bases
-                                                     else None)) for d, raw in batch]
-
-        rows = await anyio.to_thread.run_sync(encode)
-        delta = {r[0]: bases[r[0]][0] for r in rows if split_codec(r[2])[0] == CODEC_DELTA}
+        rows, delta = await anyio.to_thread.run_sync(encode_against, self.codec, batch, bases)
         # Chunks stored earlier (by a generation pruned since, or an interrupted snapshot)
         # are skipped by the insert; only what it stored counts as uploaded.
         stored = await repo.insert_chunks(self.conn, self.session_id, rows, delta)
